@@ -1,0 +1,120 @@
+"""`RunConfig`: everything that defines a fine-tuning run, and nothing else.
+
+A run is reproducible from its config alone: the training engine, the run
+store, the command line and the pages all pass this one object around. It is
+a frozen dataclass so a draft in the UI is replaced, never mutated in place,
+and it round-trips through JSON (`to_json` / `from_json`) for the run store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "step")
+PRECISIONS = ("auto", "fp32", "bf16")
+AUGMENTATIONS = ("crop", "flip", "jitter")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- model -------------------------------------------------------------
+    arch: str = "resnet18"  # torchvision builder name: "vgg19", "alexnet", "resnet50", ...
+    weights: str = "none"  # "imagenet" | "none" (random init) | checkpoint path | "run:<id>"
+    num_classes: int = 4  # size of the new head; follows the dataset's class count
+    # --- freezing ----------------------------------------------------------
+    frozen: tuple[str, ...] = ()  # dotted module paths frozen (with everything under them)
+    preset: str = "full"  # how `frozen` was chosen: a preset name, "last2", or "custom"
+    bn_frozen_eval: bool = True  # frozen BatchNorm layers stay in eval mode (running stats fixed)
+    unfreeze_after: int = 0  # gradual unfreezing: >0 trains only the head for this many epochs first
+    # --- data --------------------------------------------------------------
+    dataset: str = "demo-target"  # "demo-source" | "demo-target" | a folder path | "cifar10" | "flowers102"
+    val_fraction: float = 0.2  # stratified validation share when the dataset has no val/ split
+    image_size: tuple[int, int] = (64, 64)  # input height, width
+    augment: tuple[str, ...] = ()  # subset of AUGMENTATIONS, applied on the device per batch
+    # --- optimisation ------------------------------------------------------
+    optimizer: str = "sgd"  # one of OPTIMIZERS (SGD uses momentum 0.9)
+    lr: float = 0.01  # learning rate of the new head
+    backbone_lr_mult: float = 0.1  # rate multiplier for unfrozen pretrained layers (discriminative rates)
+    weight_decay: float = 1e-4
+    scheduler: str = "none"  # one of SCHEDULERS, stepped per epoch
+    epochs: int = 3
+    batch_size: int = 32
+    seed: int = 0
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA when supported, else fp32
+    feature_cache: bool = True  # train on cached outputs of a frozen prefix when possible
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep tuples so the config stays hashable and comparable.
+        object.__setattr__(self, "frozen", tuple(self.frozen))
+        object.__setattr__(self, "augment", tuple(self.augment))
+        object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
+
+    def validate(self) -> None:
+        """Raise `ValueError` with a message fit for the UI if a field is out of range."""
+        problems = []
+        h, w = self.image_size
+        if not (16 <= h <= 1024 and 16 <= w <= 1024):
+            problems.append(f"image size must be 16-1024 px per side, got {h}x{w}")
+        if self.num_classes < 2:
+            problems.append(f"a classifier needs at least 2 classes, got {self.num_classes}")
+        if not 1 <= self.epochs <= 1000:
+            problems.append(f"epochs must be 1-1000, got {self.epochs}")
+        if not 1 <= self.batch_size <= 4096:
+            problems.append(f"batch size must be 1-4096, got {self.batch_size}")
+        if not 0 < self.lr <= 10:
+            problems.append(f"learning rate must be in (0, 10], got {self.lr}")
+        if not 0 <= self.backbone_lr_mult <= 10:
+            problems.append(f"backbone rate multiplier must be in [0, 10], got {self.backbone_lr_mult}")
+        if not 0 <= self.weight_decay <= 1:
+            problems.append(f"weight decay must be in [0, 1], got {self.weight_decay}")
+        if not 0 < self.val_fraction < 1:
+            problems.append(f"validation fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.unfreeze_after < self.epochs:
+            problems.append("gradual unfreezing must start before the last epoch")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"unknown optimizer {self.optimizer!r}")
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"unknown scheduler {self.scheduler!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"unknown precision {self.precision!r}")
+        if unknown := set(self.augment) - set(AUGMENTATIONS):
+            problems.append(f"unknown augmentation {sorted(unknown)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def runs_dir() -> Path:
+    """Where runs live: `$FREEZE_LAB_RUNS_DIR`, else `./runs`."""
+    return Path(os.environ.get("FREEZE_LAB_RUNS_DIR", "runs"))
+
+
+def data_dir() -> Path:
+    """Where datasets (demo world, imported zips, downloads) live: `$FREEZE_LAB_DATA_DIR`, else `./data`."""
+    return Path(os.environ.get("FREEZE_LAB_DATA_DIR", "data"))

@@ -1,0 +1,29 @@
+"""The compute device: CUDA when present, else Apple MPS, else the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pick_device() -> torch.device:
+    """The device runs train on: the first CUDA GPU, else Apple MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def describe_device(device: torch.device | None = None) -> str:
+    """A short human description, e.g. "CUDA: NVIDIA H100 80GB HBM3" or "CPU (2 threads)"."""
+    device = device or pick_device()
+    if device.type == "cuda":
+        return f"CUDA: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def supports_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth using on `device` (CUDA with native bf16)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
