@@ -1,0 +1,418 @@
+"""The architecture catalog, weights sources, head replacement and checkpoint loading.
+
+Every model is a stock torchvision classifier built with the current weights
+API (`weights=`), with its last linear layer replaced for `num_classes` the way
+torchvision users write it (`model.classifier[6] = nn.Linear(4096, n)`,
+`model.fc = nn.Linear(2048, n)`), so module names stay torchvision's own and
+code learned here carries over to a script.
+
+Weights sources (`weights` argument, also `RunConfig.weights`):
+
+- ``None`` / ``"none"``: random initialisation.
+- ``"imagenet"``: torchvision's default weights for the architecture, downloaded
+  once (with progress) into torch's usual hub cache and used from there.
+- a path to a state-dict checkpoint (``.pt``/``.pth``/``.safetensors``), loaded
+  the ``strict=False`` way and reported key by key (`LoadReport`).
+- ``"run:<id>"``: the final weights of an earlier Freeze Lab run.
+
+Checkpoints never run code: pickles are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is shown to the user as is."""
+
+
+class WeightsUnavailableError(ValueError):
+    """Pretrained weights could not be fetched (typically: no network)."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str  # torchvision builder name, e.g. "vgg19"
+    label: str  # what users call it, e.g. "VGG-19"
+    family: str  # "vgg", "alexnet", "resnet", "mobilenet_v3", "efficientnet", "densenet", "convnext"
+    head: str  # dotted path of the last Linear, replaced for num_classes
+    classifier: str  # dotted path of the whole classifier (the part after the convolutional trunk)
+
+
+_CLASSIFIER_HEADS = {
+    # family: (classifier path, head path)
+    "vgg": ("classifier", "classifier.6"),
+    "alexnet": ("classifier", "classifier.6"),
+    "resnet": ("fc", "fc"),
+    "mobilenet_v3": ("classifier", "classifier.3"),
+    "efficientnet": ("classifier", "classifier.1"),
+    "densenet": ("classifier", "classifier"),
+    "convnext": ("classifier", "classifier.2"),
+}
+
+
+def _spec(name: str, label: str, family: str) -> ArchSpec:
+    classifier, head = _CLASSIFIER_HEADS[family]
+    return ArchSpec(name, label, family, head, classifier)
+
+
+CATALOG: dict[str, ArchSpec] = {
+    s.name: s
+    for s in [
+        _spec("vgg11", "VGG-11", "vgg"),
+        _spec("vgg11_bn", "VGG-11 (BN)", "vgg"),
+        _spec("vgg16", "VGG-16", "vgg"),
+        _spec("vgg16_bn", "VGG-16 (BN)", "vgg"),
+        _spec("vgg19", "VGG-19", "vgg"),
+        _spec("vgg19_bn", "VGG-19 (BN)", "vgg"),
+        _spec("alexnet", "AlexNet", "alexnet"),
+        _spec("resnet18", "ResNet-18", "resnet"),
+        _spec("resnet34", "ResNet-34", "resnet"),
+        _spec("resnet50", "ResNet-50", "resnet"),
+        _spec("resnet101", "ResNet-101", "resnet"),
+        _spec("mobilenet_v3_large", "MobileNetV3-Large", "mobilenet_v3"),
+        _spec("efficientnet_b0", "EfficientNet-B0", "efficientnet"),
+        _spec("densenet121", "DenseNet-121", "densenet"),
+        _spec("convnext_tiny", "ConvNeXt-Tiny", "convnext"),
+    ]
+}
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The catalog entry for `arch`; `ValueError` naming the choices if unknown."""
+    try:
+        return CATALOG[arch]
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(CATALOG)}") from None
+
+
+def imagenet_weights(arch: str) -> tvm.WeightsEnum:
+    """torchvision's default (best) ImageNet weights enum member for `arch`."""
+    return tvm.get_model_weights(arch_spec(arch).name).DEFAULT
+
+
+def published_num_params(arch: str) -> int:
+    """The parameter count torchvision publishes for `arch` with 1000 classes."""
+    return imagenet_weights(arch).meta["num_params"]
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def imagenet_cache_path(arch: str) -> Path:
+    """Where torch's hub cache keeps (or will keep) the ImageNet weights file of `arch`."""
+    url = imagenet_weights(arch).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def imagenet_available(arch: str) -> bool:
+    """True when the ImageNet weights are already in the local cache (no download needed)."""
+    return imagenet_cache_path(arch).is_file()
+
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total or 0 if unknown)
+
+
+def download_imagenet_weights(arch: str, progress: ProgressFn | None = None, timeout: float = 20.0) -> Path:
+    """Fetch `arch`'s ImageNet weights into torch's hub cache, reporting progress.
+
+    Does nothing when the file is already cached. The download goes to a
+    temporary file that is checked against the hash prefix in torchvision's file
+    name and then renamed, so an interrupted download never leaves a broken
+    cache entry. Offline, raises `WeightsUnavailableError` with a way forward.
+    """
+    target = imagenet_cache_path(arch)
+    if target.is_file():
+        return target
+    url = imagenet_weights(arch).url
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".partial")
+    sha = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                sha.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise WeightsUnavailableError(
+            f"Could not download the ImageNet weights for {arch_spec(arch).label} ({exc}). "
+            "Without network access, choose random initialisation ('none'), a local checkpoint "
+            "file, or the weights of an earlier run (e.g. a backbone pretrained on the demo-source dataset)."
+        ) from None
+    # torchvision file names end in the first hex digits of the file's SHA-256 (torch.hub's rule).
+    expected = re.search(r"-([a-f0-9]+)\.", target.name)
+    if expected and not sha.hexdigest().startswith(expected.group(1)):
+        tmp.unlink(missing_ok=True)
+        raise WeightsUnavailableError(f"The download of {url} is corrupt (hash mismatch); try again.")
+    os.replace(tmp, target)
+    return target
+
+
+# --------------------------------------------------------------------------- building
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """`model.get_submodule` with a `ValueError` that names the bad path."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"{type(model).__name__} has no module {path!r}") from None
+
+
+def replace_head(model: nn.Module, arch: str, num_classes: int) -> nn.Module:
+    """Swap the last Linear for a fresh `nn.Linear(in_features, num_classes)`, in place.
+
+    Equivalent to `model.classifier[6] = nn.Linear(4096, num_classes)` for VGG or
+    `model.fc = nn.Linear(model.fc.in_features, num_classes)` for ResNet; the
+    module keeps its torchvision name. A head already of the right size is kept.
+    """
+    path = arch_spec(arch).head
+    old = get_module(model, path)
+    if not isinstance(old, nn.Linear):
+        raise TypeError(f"expected a Linear at {path!r}, found {type(old).__name__}")
+    if old.out_features == num_classes:
+        return model
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    parent_path, _, child = path.rpartition(".")
+    parent = get_module(model, parent_path) if parent_path else model
+    setattr(parent, child, new)  # Sequential children are named "0", "1", ...: setattr works for both
+    return model
+
+
+def build_skeleton(arch: str, num_classes: int) -> nn.Module:
+    """The model's structure on the `meta` device: no memory, no init cost.
+
+    Used for shapes, the layer tree and cost estimates, which depend only on
+    the architecture, the head size and the input size.
+    """
+    with torch.device("meta"):
+        model = tvm.get_model(arch_spec(arch).name, weights=None)
+        return replace_head(model, arch, num_classes)
+
+
+@dataclass
+class LoadReport:
+    """What a `strict=False` load did, key by key."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)  # keys copied into the model
+    missing: list[str] = field(default_factory=list)  # model keys the checkpoint did not provide
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model does not have
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    # (key, checkpoint shape, model shape): skipped, the model keeps its own values
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.loaded)} tensors loaded, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape-mismatched"
+        )
+
+    def status_of(self, key: str) -> str:
+        """'loaded' / 'missing' / 'mismatched' / '' for one state-dict key of the model."""
+        if key in self._loaded_set:
+            return "loaded"
+        if key in self._mismatched_set:
+            return "mismatched"
+        if key in self._missing_set:
+            return "missing"
+        return ""
+
+    def __post_init__(self) -> None:
+        self._loaded_set = set(self.loaded)
+        self._missing_set = set(self.missing)
+        self._mismatched_set = {k for k, _, _ in self.mismatched}
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "loaded": self.loaded,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "mismatched": [[k, list(a), list(b)] for k, a, b in self.mismatched],
+        }
+
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+
+
+def read_state_dict(source: Path | str | bytes) -> dict[str, torch.Tensor]:
+    """Read a state dict from a file path or uploaded bytes without running any code.
+
+    Accepts ``torch.save`` files (read with ``weights_only=True``: a pickle that
+    would execute code is refused) and safetensors files, a state dict wrapped in
+    a training checkpoint (``{"state_dict": ...}``, ``{"model": ...}``), and
+    ``DataParallel``'s ``module.`` prefix. Raises `CheckpointError`.
+    """
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    name = str(source) if isinstance(source, (str, Path)) else "upload"
+    if not data:
+        raise CheckpointError(f"The checkpoint {name} is empty.")
+    if data[:2] == b"PK" or data[:1] == b"\x80":  # torch.save zip archive or legacy pickle
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError, RuntimeError, ... : never run what's inside
+            raise CheckpointError(
+                f"The checkpoint {name} could not be read safely: it is not a plain state dict "
+                f"of tensors ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+                "Save it with torch.save(model.state_dict(), path) or as safetensors."
+            ) from None
+    else:
+        try:
+            from safetensors.torch import load as load_safetensors
+
+            obj = load_safetensors(data)
+        except Exception:
+            raise CheckpointError(
+                f"The file {name} is neither a PyTorch checkpoint (torch.save) nor a safetensors file."
+            ) from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"The checkpoint {name} does not hold a state dict (a mapping of names to tensors).")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"The checkpoint {name} holds no tensors.")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return tensors
+
+
+def load_checkpoint(
+    model: nn.Module, arch: str, state: dict[str, torch.Tensor], *, source: str = "checkpoint", require_head: bool = False
+) -> LoadReport:
+    """Load `state` into `model` the `strict=False` way and report what happened.
+
+    Tensors whose shape differs from the model's (typically the old 1000-class
+    head) are skipped and listed as shape-mismatched: the model keeps its fresh
+    values there. A checkpoint that fits less than half of the model's backbone
+    is refused as belonging to another architecture, and with `require_head` a
+    head of the wrong size is refused too. On refusal the model is unchanged.
+    """
+    spec = arch_spec(arch)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and k not in fits]
+    unexpected = sorted(k for k in state if k not in own)
+
+    head_prefix = spec.head + "."
+    backbone = {k: v for k, v in own.items() if not k.startswith(head_prefix) and v.is_floating_point()}
+    covered = sum(own[k].numel() for k in fits if k in backbone)
+    total = sum(v.numel() for v in backbone.values())
+    if total and covered < total / 2:
+        example = ", ".join(list(state)[:3])
+        raise CheckpointError(
+            f"This checkpoint does not fit {spec.label}: it covers {covered:,} of the "
+            f"{total:,} backbone values (keys like {example}). It is probably a checkpoint of "
+            "another architecture; pick the architecture it was saved from."
+        )
+    if require_head and any(k.startswith(head_prefix) for k, _, _ in mismatched):
+        shapes = {k: a for k, a, _ in mismatched if k.startswith(head_prefix)}
+        raise CheckpointError(
+            f"The checkpoint's head ({spec.head}) has shape {next(iter(shapes.values()))}, "
+            f"but this model's head has {tuple(get_module(model, spec.head).weight.shape)}: "
+            "the number of classes differs."
+        )
+    result = model.load_state_dict(fits, strict=False)
+    return LoadReport(
+        source=source,
+        loaded=sorted(fits),
+        missing=sorted(result.missing_keys),
+        unexpected=unexpected,
+        mismatched=mismatched,
+    )
+
+
+def prepare_model(
+    arch: str,
+    num_classes: int,
+    weights: str | Path | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    runs_dir: Path | None = None,
+) -> tuple[nn.Module, LoadReport | None]:
+    """`build_model`, also returning the `LoadReport` when a checkpoint or run was loaded."""
+    spec = arch_spec(arch)
+    if weights in (None, "none"):
+        return replace_head(tvm.get_model(spec.name, weights=None), arch, num_classes), None
+    if weights == "imagenet":
+        download_imagenet_weights(arch, progress)
+        model = tvm.get_model(spec.name, weights=imagenet_weights(arch), progress=False)
+        return replace_head(model, arch, num_classes), None
+    model = replace_head(tvm.get_model(spec.name, weights=None), arch, num_classes)
+    if isinstance(weights, str) and weights.startswith("run:"):
+        state, source = run_state_dict(weights.removeprefix("run:"), arch, runs_dir=runs_dir)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise CheckpointError(f"No checkpoint file at {path}.")
+        state, source = read_state_dict(path), path.name
+    return model, load_checkpoint(model, arch, state, source=source)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    weights: str | Path | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    runs_dir: Path | None = None,
+) -> nn.Module:
+    """A torchvision `arch` with a fresh `num_classes` head, from the given weights source.
+
+    `weights`: None/"none" (random init), "imagenet" (torchvision's default
+    weights, downloaded with `progress` if not cached), a checkpoint path, or
+    "run:<id>" (an earlier run's final weights). All parameters trainable.
+    """
+    return prepare_model(arch, num_classes, weights, progress=progress, runs_dir=runs_dir)[0]
+
+
+def run_state_dict(run_id: str, arch: str, *, runs_dir: Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """The full final state dict of run `run_id`, rebuilt from its stored weights.
+
+    A run stores only what it changed (its trainable parameters and its
+    buffers); the rest comes from the run's own starting weights, rebuilt the
+    same way, so a chain of runs (demo backbone -> target run) resolves
+    recursively.
+    """
+    from core.runs import RunStore  # the run store owns the runs directory
+
+    store = RunStore(runs_dir)
+    try:
+        record = store.load(run_id)
+    except KeyError:
+        raise CheckpointError(f"There is no run {run_id!r}.") from None
+    config = record.config
+    if config.arch != arch:
+        raise CheckpointError(
+            f"Run {record.name!r} trained a {arch_spec(config.arch).label}, not a {arch_spec(arch).label}."
+        )
+    if not store.weights_path(run_id).is_file():
+        raise CheckpointError(f"Run {record.name!r} has no saved weights (status: {record.status}).")
+    model = build_model(config.arch, config.num_classes, config.weights, runs_dir=runs_dir)
+    model.load_state_dict(store.load_weights(run_id), strict=False)
+    return model.state_dict(), f"run {record.name}"
