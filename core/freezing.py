@@ -304,7 +304,8 @@ def preflight(model: nn.Module, arch: str, bn_frozen_eval: bool = True) -> list[
                             else f"switch is off: {len(frozen_bn)} frozen BatchNorm layers will update their running statistics"))
 
     groups = param_groups(model, arch, lr=1.0)
-    in_optimizer = {id(p) for g in torch.optim.SGD(groups, lr=1.0).param_groups for p in g["params"]}
+    optimizer_groups = torch.optim.SGD(groups, lr=1.0).param_groups if groups else []
+    in_optimizer = {id(p) for g in optimizer_groups for p in g["params"]}
     expected = {id(p) for p in model.parameters() if p.requires_grad}
     exact = in_optimizer == expected
     checks.append(Check("Optimizer gets exactly the trainable parameters", exact,
