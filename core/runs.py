@@ -1,0 +1,433 @@
+"""`RunStore`: the one module that reads and writes the runs directory.
+
+Nothing else in the project writes run files. One folder per run under the
+store's root (default `core.config.runs_dir()`, i.e. `$FREEZE_LAB_RUNS_DIR`
+or `./runs`)::
+
+    runs/20261123-142501-a3f9/
+        run.json        id, name, owner, created, status, reason, started, finished, config
+        metrics.json    {"steps": [[step, epoch, loss], ...], "epochs": [record, ...], "info": {...}}
+        summary.json    final figures, freeze audit, param groups ... (free-form, from the engine)
+        weights.pt      state dict of tensors (torch.save; read back with weights_only=True)
+        traceback.txt   full traceback of a failed run
+
+Every write is atomic: the bytes go to a temporary file in the same folder,
+are flushed and fsynced, then `os.replace`d over the old file. A reader never
+sees half a file, and a crash mid-write leaves the previous version. A new run
+folder is assembled under a hidden name and renamed into place, and a deleted
+one is renamed away before it is removed, so `list()` never meets half a run.
+
+Concurrency: one writer per run (the worker, or the command line) plus any
+number of readers, in threads or processes. Read-modify-write of `run.json`
+(status, rename) is serialised by a lock inside the store, so a rename from
+the UI and a status change from the worker do not lose each other's update
+within one process.
+
+Run ids look like ``20261123-142501-a3f9``: UTC time of creation plus 16
+random bits. They sort by creation second, are URL-safe (they live in
+`st.query_params`), and anything that does not look like one is treated as an
+unknown id, so an id from a URL can never point outside the root.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from core.config import RunConfig, runs_dir
+
+log = logging.getLogger(__name__)
+
+# --- statuses ---------------------------------------------------------------
+QUEUED = "queued"  # created, waiting for the device
+RUNNING = "running"  # a worker is training it
+FINISHED = "finished"  # trained to the end; weights and summary saved
+FAILED = "failed"  # raised; `reason` says why, traceback.txt has the rest
+CANCELLED = "cancelled"  # stopped on request (before or during training)
+INTERRUPTED = "interrupted"  # the process died while it was queued or running
+STATUSES = (QUEUED, RUNNING, FINISHED, FAILED, CANCELLED, INTERRUPTED)
+ACTIVE = frozenset({QUEUED, RUNNING})
+TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, INTERRUPTED})
+
+INTERRUPTED_REASON = "the app restarted while this run was in flight"
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+SUMMARY_FILE = "summary.json"
+WEIGHTS_FILE = "weights.pt"
+TRACEBACK_FILE = "traceback.txt"
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_MAX_NAME = 120
+
+
+def empty_metrics() -> dict:
+    """What `metrics.json` holds before the first step."""
+    return {"steps": [], "epochs": []}
+
+
+def default_name(config: RunConfig) -> str:
+    """A readable name from the config, e.g. "resnet18 · head · demo-target"."""
+    dataset = Path(config.dataset).name if ("/" in config.dataset or os.sep in config.dataset) else config.dataset
+    return f"{config.arch} · {config.preset} · {dataset or config.dataset}"
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with microseconds (sorts as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as stored on disk, at the moment it was read.
+
+    `metrics` and `summary` are read lazily, on first access, and then kept:
+    `list()` stays cheap (it reads only `run.json` per run), and a record is a
+    consistent snapshot once read. Load the record again for fresher figures.
+    """
+
+    id: str
+    name: str
+    owner: str  # who submitted it (a session or user label); "" when unknown
+    created: str  # ISO 8601 UTC
+    status: str  # one of STATUSES
+    reason: str | None  # why it failed / was cancelled / was interrupted
+    started: str | None  # ISO 8601 UTC, set when it starts running
+    finished: str | None  # ISO 8601 UTC, set when it reaches a terminal status
+    config: RunConfig
+    path: Path  # the run's folder
+
+    @functools.cached_property
+    def metrics(self) -> dict:
+        """`{"steps": [[step, epoch, loss], ...], "epochs": [record, ...]}` (plus "info" once started)."""
+        data = _read_json(self.path / METRICS_FILE, None)
+        if not isinstance(data, dict):
+            return empty_metrics()
+        data.setdefault("steps", [])
+        data.setdefault("epochs", [])
+        return data
+
+    @functools.cached_property
+    def summary(self) -> dict:
+        """The engine's final summary; `{}` until the run finishes."""
+        data = _read_json(self.path / SUMMARY_FILE, None)
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def has_weights(self) -> bool:
+        return (self.path / WEIGHTS_FILE).is_file()
+
+    def elapsed_s(self) -> float | None:
+        """Seconds from start to finish (or to now while it runs); None if it never started."""
+        if not self.started:
+            return None
+        end = datetime.fromisoformat(self.finished) if self.finished else datetime.now(timezone.utc)
+        return max(0.0, (end - datetime.fromisoformat(self.started)).total_seconds())
+
+
+class RunStore:
+    """Runs on disk: create, read, update and delete, every write atomic."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else runs_dir()
+        self._lock = threading.RLock()  # serialises read-modify-write of run.json
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.root)!r})"
+
+    # --- create / read --------------------------------------------------------
+    def create(self, config: RunConfig, *, name: str | None = None, owner: str = "") -> str:
+        """Create a queued run for `config` and return its id."""
+        meta = {
+            "id": "",
+            "name": _clean_name(name) if name is not None else default_name(config),
+            "owner": str(owner or ""),
+            "created": now_iso(),
+            "status": QUEUED,
+            "reason": None,
+            "started": None,
+            "finished": None,
+            "config": config.to_dict(),
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            run_id = self._new_id()
+            meta["id"] = run_id
+            # Assemble under a hidden name, then rename into place: the run
+            # appears whole or not at all.
+            staging = Path(tempfile.mkdtemp(prefix=f".new-{run_id}-", dir=self.root))
+            try:
+                _atomic_write_json(staging / RUN_FILE, meta)
+                _atomic_write_json(staging / METRICS_FILE, empty_metrics())
+                os.rename(staging, self.root / run_id)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            _fsync_dir(self.root)
+        return run_id
+
+    def exists(self, run_id: str) -> bool:
+        return _valid_id(run_id) and (self.root / run_id / RUN_FILE).is_file()
+
+    def load(self, run_id: str) -> RunRecord:
+        """The run `run_id`; KeyError if there is no such (readable) run."""
+        path = self._dir(run_id)
+        meta = _read_json(path / RUN_FILE, None)
+        if meta is None:
+            raise KeyError(run_id)
+        try:
+            return _record(meta, path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyError(f"{run_id}: unreadable run.json ({exc})") from exc
+
+    def list(self) -> list[RunRecord]:
+        """All readable runs, newest first. Unreadable folders are skipped, not fatal."""
+        if not self.root.is_dir():
+            return []
+        records = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".") or not _valid_id(path.name) or not path.is_dir():
+                continue
+            try:
+                records.append(self.load(path.name))
+            except (KeyError, OSError) as exc:
+                log.warning("skipping unreadable run folder %s: %s", path, exc)
+        records.sort(key=lambda r: (r.created, r.id), reverse=True)
+        return records
+
+    def path(self, run_id: str) -> Path:
+        """The folder of an existing run (KeyError if unknown)."""
+        return self._dir(run_id)
+
+    # --- updates ----------------------------------------------------------------
+    def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Set the status (and reason; None clears it). "running" stamps `started`,
+        a terminal status stamps `finished`."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}; expected one of {STATUSES}")
+
+        def change(meta: dict) -> None:
+            meta["status"] = status
+            meta["reason"] = reason
+            if status == RUNNING:
+                meta["started"] = now_iso()
+                meta["finished"] = None
+            elif status in TERMINAL:
+                meta["finished"] = now_iso()
+
+        self._update(run_id, change)
+
+    def rename(self, run_id: str, name: str) -> None:
+        """Give the run a new display name (stripped, at most 120 characters)."""
+        clean = _clean_name(name)
+        self._update(run_id, lambda meta: meta.__setitem__("name", clean))
+
+    def write_metrics(self, run_id: str, metrics: Mapping) -> None:
+        """Replace `metrics.json` (`{"steps": [...], "epochs": [...], ...}`)."""
+        _atomic_write_json(self._dir(run_id) / METRICS_FILE, dict(metrics))
+
+    def write_summary(self, run_id: str, summary: Mapping) -> None:
+        """Replace `summary.json` (free-form and JSON-able; tensors become lists)."""
+        _atomic_write_json(self._dir(run_id) / SUMMARY_FILE, dict(summary))
+
+    def write_traceback(self, run_id: str, text: str) -> None:
+        _atomic_write_bytes(self._dir(run_id) / TRACEBACK_FILE, text.encode("utf-8", "replace"))
+
+    def read_traceback(self, run_id: str) -> str | None:
+        try:
+            return (self._dir(run_id) / TRACEBACK_FILE).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+
+    # --- weights ----------------------------------------------------------------
+    def weights_path(self, run_id: str) -> Path:
+        """Where the run's weights are (or will be) saved; the file may not exist."""
+        return self._dir(run_id) / WEIGHTS_FILE
+
+    def save_weights(self, run_id: str, state_dict: Mapping) -> None:
+        """Save a state dict (tensors moved to the CPU) atomically with `torch.save`."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"a state dict must be a mapping, got {type(state_dict).__name__}")
+        plain = {str(k): (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state_dict.items()}
+        path = self.weights_path(run_id)
+        _atomic_write(path, lambda f: torch.save(plain, f))
+
+    def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:
+        """The run's state dict on the CPU, loaded with `weights_only=True` (never runs code).
+
+        KeyError for an unknown run; FileNotFoundError if the run saved no weights
+        (it failed, was cancelled or is still training).
+        """
+        path = self.weights_path(run_id)
+        if not path.is_file():
+            status = self.load(run_id).status
+            raise FileNotFoundError(f"run {run_id} has no saved weights (status: {status})")
+        return dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    # --- delete / restart -----------------------------------------------------------
+    def delete(self, run_id: str) -> None:
+        """Remove a run and its files. ValueError for a queued or running run."""
+        record = self.load(run_id)
+        if record.status in ACTIVE:
+            raise ValueError(f"run {run_id} is {record.status}: cancel it before deleting it")
+        with self._lock:
+            # Rename away first (atomic), then remove: readers never see half a run.
+            trash = self.root / f".trash-{run_id}-{secrets.token_hex(4)}"
+            os.rename(record.path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark runs left "queued" or "running" by a previous process as interrupted.
+
+        Call once at start-up, before any worker starts (the JobManager does).
+        Their metrics so far stay. Returns the ids changed. With one app process
+        per runs directory this is exact; a command-line run writing to the same
+        directory at that moment would be marked too (and set to its real final
+        status when it ends).
+        """
+        changed = []
+        for record in self.list():
+            if record.status in ACTIVE:
+                try:
+                    self.set_status(record.id, INTERRUPTED, INTERRUPTED_REASON)
+                    changed.append(record.id)
+                except (KeyError, OSError) as exc:
+                    log.warning("could not mark run %s interrupted: %s", record.id, exc)
+        return changed
+
+    # --- internals -------------------------------------------------------------------
+    def _dir(self, run_id: str) -> Path:
+        if not _valid_id(run_id):
+            raise KeyError(run_id)
+        path = self.root / run_id
+        if not (path / RUN_FILE).is_file():
+            raise KeyError(run_id)
+        return path
+
+    def _update(self, run_id: str, change) -> None:
+        with self._lock:
+            path = self._dir(run_id)
+            meta = _read_json(path / RUN_FILE, None)
+            if not isinstance(meta, dict):
+                raise KeyError(f"{run_id}: unreadable run.json")
+            change(meta)
+            _atomic_write_json(path / RUN_FILE, meta)
+
+    def _new_id(self) -> str:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        while True:
+            run_id = f"{stamp}-{secrets.token_hex(2)}"
+            if not (self.root / run_id).exists():
+                return run_id
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _valid_id(run_id) -> bool:
+    return isinstance(run_id, str) and bool(_RUN_ID.match(run_id))
+
+
+def _clean_name(name: str) -> str:
+    clean = " ".join(str(name).split())[:_MAX_NAME]
+    if not clean:
+        raise ValueError("a run name cannot be empty")
+    return clean
+
+
+def _record(meta: dict, path: Path) -> RunRecord:
+    status = meta["status"]
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    return RunRecord(
+        id=str(meta["id"]),
+        name=str(meta.get("name") or meta["id"]),
+        owner=str(meta.get("owner") or ""),
+        created=str(meta["created"]),
+        status=status,
+        reason=meta.get("reason"),
+        started=meta.get("started"),
+        finished=meta.get("finished"),
+        config=RunConfig.from_dict(meta["config"]),
+        path=path,
+    )
+
+
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as exc:  # cannot happen through this module's atomic writes
+        log.warning("unreadable %s: %s", path, exc)
+        return default
+
+
+def _json_default(value):
+    """Make engine output JSON-able: tensors and numpy values become numbers/lists."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)  # torch.device, Path, dtypes ...
+
+
+def _atomic_write_json(path: Path, data) -> None:
+    # Serialise first: a value that cannot be written never touches the disk.
+    text = json.dumps(data, indent=1, default=_json_default)
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through `write(fileobj)` into a temp file beside `path`, fsync, then replace."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
