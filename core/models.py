@@ -245,6 +245,11 @@ class LoadReport:
         self._missing_set = set(self.missing)
         self._mismatched_set = {k for k, _, _ in self.mismatched}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoadReport":
+        return cls(d["source"], d["loaded"], d["missing"], d["unexpected"],
+                   [(k, tuple(a), tuple(b)) for k, a, b in d["mismatched"]])
+
     def to_dict(self) -> dict:
         return {
             "source": self.source,
@@ -302,22 +307,23 @@ def read_state_dict(source: Path | str | bytes) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_checkpoint(
+def checkpoint_report(
     model: nn.Module, arch: str, state: dict[str, torch.Tensor], *, source: str = "checkpoint", require_head: bool = False
 ) -> LoadReport:
-    """Load `state` into `model` the `strict=False` way and report what happened.
+    """What loading `state` into `model` the `strict=False` way would do, without loading.
 
     Tensors whose shape differs from the model's (typically the old 1000-class
-    head) are skipped and listed as shape-mismatched: the model keeps its fresh
-    values there. A checkpoint that fits less than half of the model's backbone
-    is refused as belonging to another architecture, and with `require_head` a
-    head of the wrong size is refused too. On refusal the model is unchanged.
+    head) would be skipped and are listed as shape-mismatched: the model keeps
+    its fresh values there. A checkpoint that fits less than half of the
+    model's backbone is refused (`CheckpointError`) as belonging to another
+    architecture, and with `require_head` a head of the wrong size is refused
+    too. Works on a meta-device skeleton: only names and shapes are compared.
     """
     spec = arch_spec(arch)
     own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and k not in fits]
-    unexpected = sorted(k for k in state if k not in own)
+    fits = [k for k, v in state.items() if k in own and v.shape == own[k].shape]
+    fit_set = set(fits)
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and k not in fit_set]
 
     head_prefix = spec.head + "."
     backbone = {k: v for k, v in own.items() if not k.startswith(head_prefix) and v.is_floating_point()}
@@ -330,21 +336,32 @@ def load_checkpoint(
             f"{total:,} backbone values (keys like {example}). It is probably a checkpoint of "
             "another architecture; pick the architecture it was saved from."
         )
-    if require_head and any(k.startswith(head_prefix) for k, _, _ in mismatched):
-        shapes = {k: a for k, a, _ in mismatched if k.startswith(head_prefix)}
+    head_mismatch = [a for k, a, _ in mismatched if k.startswith(head_prefix)]
+    if require_head and head_mismatch:
         raise CheckpointError(
-            f"The checkpoint's head ({spec.head}) has shape {next(iter(shapes.values()))}, "
-            f"but this model's head has {tuple(get_module(model, spec.head).weight.shape)}: "
-            "the number of classes differs."
+            f"The checkpoint's head ({spec.head}) has shape {head_mismatch[0]}, but this model's head has "
+            f"{tuple(get_module(model, spec.head).weight.shape)}: the number of classes differs."
         )
-    result = model.load_state_dict(fits, strict=False)
     return LoadReport(
         source=source,
         loaded=sorted(fits),
-        missing=sorted(result.missing_keys),
-        unexpected=unexpected,
+        missing=sorted(k for k in own if k not in fit_set),
+        unexpected=sorted(k for k in state if k not in own),
         mismatched=mismatched,
     )
+
+
+def load_checkpoint(
+    model: nn.Module, arch: str, state: dict[str, torch.Tensor], *, source: str = "checkpoint", require_head: bool = False
+) -> LoadReport:
+    """Load `state` into `model` the `strict=False` way; see `checkpoint_report` for the rules.
+
+    On refusal (`CheckpointError`) the model is unchanged.
+    """
+    report = checkpoint_report(model, arch, state, source=source, require_head=require_head)
+    result = model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    assert sorted(result.missing_keys) == report.missing, "report and load disagree"
+    return report
 
 
 def prepare_model(
