@@ -1,0 +1,187 @@
+"""Headless runs from the command line, through the same engine and run store as the app.
+
+    python -m core.train --arch resnet18 --preset full --dataset demo-source \\
+        --weights none --image-size 64 --epochs 3 --json
+    python -m core.train --arch resnet18 --preset head --dataset demo-target \\
+        --weights run:<id of the run above> --epochs 10 --json
+
+The preset is resolved to frozen module paths (`core.freezing.preset_frozen`
+on a meta-device skeleton; the class count comes from the dataset), the run is
+created in the `RunStore` (``--runs-dir``, default ``$FREEZE_LAB_RUNS_DIR`` or
+``./runs``) and trained synchronously by `core.jobs.execute`, exactly as the
+job manager's worker does. Progress goes to stderr; with ``--json`` stdout
+carries only the JSON summary. Exit status: 0 finished, 1 failed (or bad
+arguments: the reason is printed), 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
+from core.devices import describe_device, pick_device
+
+SUMMARY_KEYS = (
+    "val_acc", "best_val_acc", "best_epoch", "train_acc", "trainable_params", "frozen_params",
+    "images_per_s", "peak_mem_bytes", "total_time_s", "device", "precision", "freeze_audit",
+    "feature_cache", "param_groups", "gradual_unfreezing",
+)  # fmt: skip
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """"64" -> (64, 64); "448x224" -> (448, 224) as height x width."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+))?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected S or HxW, got {text!r}")
+    h = int(m.group(1))
+    return h, int(m.group(2) or h)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="resnet18", help="torchvision architecture, e.g. resnet18, vgg19, alexnet")
+    p.add_argument("--preset", default="full", help="full | head | classifier | fc1_fc2 (VGG) | last<N>")
+    p.add_argument("--dataset", default="demo-target", help="demo-source | demo-target | a folder of class subfolders")
+    p.add_argument("--weights", default="none", help="none | imagenet | a checkpoint path | run:<id>")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--image-size", type=image_size, default=(64, 64), help="S or HxW (height x width)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the new head (default: 0.01 for SGD, 0.001 for Adam/AdamW)")
+    p.add_argument("--backbone-lr-mult", type=float, default=0.1, help="rate multiplier for trainable pretrained layers")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="none")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--augment", nargs="*", choices=AUGMENTATIONS, default=[], help="on-device augmentations")
+    p.add_argument("--unfreeze-after", type=int, default=0, help="gradual unfreezing: train only the head this many epochs first")
+    p.add_argument("--bn-train", action="store_true", help="let frozen BatchNorm layers update their running statistics")
+    p.add_argument("--no-feature-cache", action="store_true", help="always run the whole network")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu | cuda | mps (default: the best available)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="run store folder (default $FREEZE_LAB_RUNS_DIR or ./runs)")
+    p.add_argument("--name", default=None, help="display name of the run")
+    p.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
+    return p
+
+
+def make_config(args: argparse.Namespace) -> RunConfig:
+    """The `RunConfig` the arguments stand for; the dataset is read to learn its classes."""
+    from core.data import load_dataset
+    from core.freezing import preset_frozen
+    from core.models import build_skeleton
+
+    dataset = load_dataset(args.dataset, val_fraction=args.val_fraction, seed=args.seed)
+    num_classes = len(dataset.classes)
+    frozen = preset_frozen(build_skeleton(args.arch, num_classes), args.arch, args.preset)
+    lr = args.lr if args.lr is not None else (0.01 if args.optimizer == "sgd" else 1e-3)
+    config = RunConfig(
+        arch=args.arch,
+        weights=args.weights,
+        num_classes=num_classes,
+        frozen=frozen,
+        preset=args.preset,
+        bn_frozen_eval=not args.bn_train,
+        unfreeze_after=args.unfreeze_after,
+        dataset=str(args.dataset),
+        val_fraction=args.val_fraction,
+        image_size=args.image_size,
+        augment=tuple(args.augment),
+        optimizer=args.optimizer,
+        lr=lr,
+        backbone_lr_mult=args.backbone_lr_mult,
+        weight_decay=args.weight_decay,
+        scheduler=args.scheduler,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        precision=args.precision,
+        feature_cache=not args.no_feature_cache,
+    )
+    config.validate()
+    return config
+
+
+def _progress(event: str, data: dict) -> None:
+    """Human-readable progress on stderr (the RunMonitor's listener)."""
+    if event == "start":
+        cache = data.get("feature_cache") or {}
+        cache_text = f"feature cache up to {cache.get('prefix')}" if cache.get("used") else f"no feature cache ({cache.get('reason')})"
+        print(
+            f"training on {data.get('device')} ({data.get('precision')}): {data.get('train_size')} train / "
+            f"{data.get('val_size')} val images, {len(data.get('classes') or [])} classes, "
+            f"{data.get('trainable_params', 0):,} trainable params, {data.get('total_steps')} steps; {cache_text}",
+            file=sys.stderr, flush=True,
+        )
+    elif event == "epoch":
+        print(
+            f"epoch {data['epoch']}: train loss {data['train_loss']:.4f} acc {data['train_acc']:.3f} | "
+            f"val loss {data['val_loss']:.4f} acc {data['val_acc']:.3f} | {data['epoch_time_s']:.1f}s, "
+            f"{data['images_per_s']:.0f} img/s",
+            file=sys.stderr, flush=True,
+        )
+
+
+def describe(result: dict) -> str:
+    """A few human lines for the end of a run without --json."""
+    lines = [f"run {result['run_id']}: {result['status']}" + (f" ({result['reason']})" if result.get("reason") else "")]
+    if result.get("val_acc") is not None:
+        audit = result.get("freeze_audit") or {}
+        cache = result.get("feature_cache") or {}
+        lines += [
+            f"  val acc {result['val_acc']:.3f} (best {result['best_val_acc']:.3f}), train acc {result['train_acc']:.3f}",
+            f"  {result['trainable_params']:,} trainable / {result['frozen_params']:,} frozen parameters",
+            f"  {result['images_per_s']:.0f} images/s, {result['total_time_s']:.1f} s, "
+            f"peak memory {result['peak_mem_bytes'] / 2**20:.0f} MiB on {result['device']} ({result['precision']})",
+            f"  freeze audit: {'ok' if audit.get('ok') else 'CHANGED ' + ', '.join(audit.get('changed', []))} "
+            f"({audit.get('checked_tensors', 0)} tensors checked)",
+            f"  feature cache: " + (f"up to {cache.get('prefix')}" if cache.get("used") else f"off ({cache.get('reason')})"),
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from core.jobs import RunMonitor, execute
+    from core.runs import FINISHED, RunStore
+
+    def fail(reason: str, run_id: str | None = None, status: str = "failed") -> int:
+        print(f"error: {reason}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"run_id": run_id, "status": status, "reason": reason}, indent=2))
+        return 1
+
+    try:
+        config = make_config(args)
+        device = torch.device(args.device) if args.device else pick_device()
+    except (ValueError, RuntimeError) as exc:  # DatasetError, CheckpointError, unknown preset/arch/device
+        return fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+    store = RunStore(args.runs_dir)
+    run_id = store.create(config, name=args.name, owner="cli")
+    print(f"run {run_id} in {store.root} on {describe_device(device)}", file=sys.stderr, flush=True)
+    monitor = RunMonitor(store, run_id, listener=_progress)
+    outcome = execute(store, run_id, device=device, monitor=monitor)
+    record = store.load(run_id)
+    result = {"run_id": run_id, "status": outcome.status, "reason": outcome.reason}
+    result |= {key: record.summary.get(key) for key in SUMMARY_KEYS}
+    result["config"] = config.to_dict()
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(describe(result))
+    if outcome.status == FINISHED:
+        return 0
+    print(f"error: run {run_id} {outcome.status}: {outcome.reason}", file=sys.stderr)
+    return 130 if outcome.status == "cancelled" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

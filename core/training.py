@@ -1,0 +1,761 @@
+"""One fine-tuning run: data on the device, the loop, metrics, the freeze audit.
+
+`train(config, monitor, *, device, runs_dir) -> TrainResult` is the whole
+engine. The job manager calls it in a worker thread (`core.jobs.execute`), and
+so does the command line (`python -m core.train`), through the same function.
+It reads like the torchvision classification reference: `build_optimizer`,
+`train_one_epoch`, `evaluate`, and a straight loop over epochs.
+
+Data path (DESIGN "Performance design")
+    Every image is decoded and resized once (`core.data.decode_images`, cached
+    on disk) into one uint8 tensor per split, kept on the device when it fits
+    (else in pinned host memory). A batch is an index slice of that tensor,
+    converted, augmented and normalised on the device: no PIL work per epoch.
+    Augmentation works on whole batches with per-sample randomness: random
+    resized crop through `torchvision.ops.roi_align` with one box per sample,
+    horizontal flip through a per-sample mask, colour jitter through per-sample
+    brightness / contrast / saturation factors.
+
+Feature cache
+    `forward_chain(model, arch)` writes each catalog model as the sequence of
+    named steps its `forward` runs (VGG: ``features.0`` ... ``avgpool``,
+    ``flatten``, ``classifier.0`` ...; ResNet: ``conv1`` ... ``layer4.1``,
+    ``avgpool``, ``flatten``, ``fc``). The longest prefix of steps that holds
+    no trainable parameter and behaves the same in train and eval mode (no
+    Dropout / StochasticDepth, no BatchNorm that would update its statistics)
+    is a fixed function of the image. Without augmentation its output is
+    computed once per image and the run trains only the remaining steps on
+    those features: epochs after the first cost only the trainable tail. The
+    cache lives in memory for the run; the summary says whether it was used,
+    up to which step, and why not when not.
+
+Precision
+    ``"auto"``: bf16 autocast on CUDA when the GPU supports it, else fp32;
+    ``"bf16"``: bf16 autocast on any device; ``"fp32"``: no autocast. bf16 needs
+    no loss scaling. ``torch.compile`` is deliberately not used: runs here are
+    a few epochs long, and compilation (tens of seconds per architecture and
+    input shape, again when the frozen set changes) would cost more than it saves.
+
+Peak memory
+    ``peak_mem_bytes`` is ``torch.cuda.max_memory_allocated`` on CUDA (reset at
+    the start of the run). On the CPU it is the peak resident set size of the
+    whole process so far (``resource.getrusage``), which includes everything
+    else the process holds and never goes down.
+
+Fault injection (for tests of the failure paths)
+    The environment variable ``FREEZE_LAB_FAULT`` makes a run fail on purpose
+    at a global training step (1 = the first batch):
+
+    - ``oom@<step>``: raise ``torch.OutOfMemoryError("CUDA out of memory (simulated) ...")``,
+    - ``error@<step>``: raise ``RuntimeError("simulated failure ...")``.
+
+    It is read when a run starts; anything else in the variable is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth, roi_align
+
+from core.config import RunConfig
+from core.config import runs_dir as default_runs_dir
+from core.data import Preprocess, decode_images, load_dataset, normalize, preprocess_for
+from core.devices import pick_device, supports_bf16
+from core.freezing import is_frozen_bn, param_counts, param_groups, preset_frozen, set_frozen, set_train_mode
+from core.jobs import Monitor, RunCancelled
+from core.models import arch_spec, prepare_model
+
+FAULT_ENV = "FREEZE_LAB_FAULT"
+CPU_FEATURE_BUDGET = 2 << 30  # bytes of cached features on the CPU, at most
+JITTER = 0.4  # colour jitter strength: factors drawn from [1 - 0.4, 1 + 0.4] (torchvision's common choice)
+CROP_SCALE = (0.6, 1.0)  # random resized crop: area fraction of the image
+CROP_RATIO = (3 / 4, 4 / 3)  # random resized crop: aspect ratio of the box
+
+
+@dataclass
+class TrainResult:
+    summary: dict  # JSON-able final figures (see `train`)
+    state_dict: dict[str, Tensor]  # trainable parameters + all buffers, on the CPU
+
+
+# --------------------------------------------------------------------------- forward chain
+
+
+class _Step(nn.Module):
+    """A functional step of a model's `forward` (e.g. DenseNet's final relu) as a module."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], label: str) -> None:
+        super().__init__()
+        self.fn, self.label = fn, label
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.label
+
+
+def _flatten() -> _Step:
+    return _Step(lambda x: torch.flatten(x, 1), "torch.flatten(x, 1)")
+
+
+def _expand(module: nn.Module, path: str) -> list[tuple[str, nn.Module]]:
+    """A module as its named children when it is a plain `nn.Sequential`, recursively."""
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward and len(module):
+        return [step for name, child in module.named_children() for step in _expand(child, f"{path}.{name}")]
+    return [(path, module)]
+
+
+def forward_chain(model: nn.Module, arch: str) -> list[tuple[str, nn.Module]]:
+    """`model`'s forward pass as a list of (name, step); running them in order is `model(x)`.
+
+    Names are the torchvision module paths; plain `nn.Sequential` containers
+    are opened (``features.0``, ``layer3.1``, ``classifier.6``), other blocks
+    (a ResNet BasicBlock, a DenseNet dense block) stay one step. Functional
+    parts of a `forward` become small steps named after what they do
+    (``flatten``, DenseNet's ``relu`` and ``avgpool``).
+    """
+    family = arch_spec(arch).family
+    if family == "resnet":
+        top = [(n, getattr(model, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")]
+        tail = [("flatten", _flatten()), ("fc", model.fc)]
+    elif family in ("vgg", "alexnet", "mobilenet_v3", "efficientnet"):
+        top = [("features", model.features), ("avgpool", model.avgpool)]
+        tail = [("flatten", _flatten()), ("classifier", model.classifier)]
+    elif family == "convnext":  # its classifier flattens (LayerNorm2d, Flatten, Linear)
+        top = [("features", model.features), ("avgpool", model.avgpool)]
+        tail = [("classifier", model.classifier)]
+    elif family == "densenet":
+        top = [("features", model.features)]
+        tail = [
+            ("relu", _Step(F.relu, "F.relu")),
+            ("avgpool", _Step(lambda x: F.adaptive_avg_pool2d(x, (1, 1)), "F.adaptive_avg_pool2d(x, (1, 1))")),
+            ("flatten", _flatten()),
+            ("classifier", model.classifier),
+        ]
+    else:  # a new family in the catalog must say how its forward runs
+        raise NotImplementedError(f"no forward chain for the {family} family")
+    return [step for name, module in top + tail for step in _expand(module, name)]
+
+
+def run_chain(steps: list[tuple[str, nn.Module]], x: Tensor) -> Tensor:
+    for _, step in steps:
+        x = step(x)
+    return x
+
+
+def _varies_in_training(module: nn.Module) -> bool:
+    """Does the module (in its current mode) behave differently from eval mode?"""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.training  # would normalise with batch statistics and update its running ones
+    if isinstance(module, (nn.modules.dropout._DropoutNd, StochasticDepth)):
+        return module.training and module.p > 0
+    return False
+
+
+def frozen_prefix(steps: list[tuple[str, nn.Module]]) -> tuple[int, str | None]:
+    """How many leading steps are a fixed function of the input, in the modules' current modes.
+
+    Call with the model in its training mode (`set_train_mode`). Returns the
+    prefix length and, for the step that ends it, why (or None when every
+    step is fixed, i.e. nothing trains).
+    """
+    for i, (name, step) in enumerate(steps):
+        if any(p.requires_grad for p in step.parameters()):
+            return i, f"{name} trains"
+        for sub_name, sub in step.named_modules(prefix=name):
+            if _varies_in_training(sub):
+                what = "updates its running statistics" if isinstance(sub, nn.modules.batchnorm._BatchNorm) else "is random in training"
+                return i, f"{sub_name} ({type(sub).__name__}) {what}"
+    return len(steps), None
+
+
+@dataclass
+class FeaturePlan:
+    """Whether this phase of the run trains on cached prefix features, and on which prefix."""
+
+    used: bool
+    prefix: str | None  # name of the last cached step
+    reason: str | None  # why not, when not used
+    length: int = 0  # number of cached steps
+    build_s: float = 0.0  # seconds spent computing the features
+
+    def to_dict(self) -> dict:
+        return {"used": self.used, "prefix": self.prefix, "reason": self.reason, "build_s": round(self.build_s, 3)}
+
+
+def plan_feature_cache(steps, config: RunConfig) -> FeaturePlan:
+    """Decide the cache for the model's current frozen set and modes (see `frozen_prefix`)."""
+    n, ends = frozen_prefix(steps)
+    prefix = steps[n - 1][0] if n else None
+    if not config.feature_cache:
+        return FeaturePlan(False, prefix, "switched off for this run", n)
+    if n == 0:
+        return FeaturePlan(False, None, f"no frozen prefix: the first step, {ends}", 0)
+    if config.augment:
+        return FeaturePlan(False, prefix, f"augmentation ({', '.join(config.augment)}) changes every epoch's input", n)
+    return FeaturePlan(True, prefix, None, n)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def random_resized_crop(x: Tensor, generator: torch.Generator, scale=CROP_SCALE, ratio=CROP_RATIO) -> Tensor:
+    """Per-sample random resized crop of a float batch [N, C, H, W], resized back to H x W.
+
+    Each sample gets its own box (area fraction in `scale`, aspect ratio in
+    `ratio`, log-uniform like torchvision's RandomResizedCrop) and
+    `roi_align` resamples all boxes bilinearly in one call.
+    """
+    n, _, h, w = x.shape
+    u = torch.rand(n, 4, device=x.device, generator=generator)
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) * (h * w)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    box_w = torch.sqrt(area * torch.exp(log_r)).clamp(max=w)
+    box_h = torch.sqrt(area / torch.exp(log_r)).clamp(max=h)
+    x0 = (w - box_w) * u[:, 2]
+    y0 = (h - box_h) * u[:, 3]
+    index = torch.arange(n, device=x.device, dtype=x.dtype)
+    boxes = torch.stack([index, x0, y0, x0 + box_w, y0 + box_h], dim=1).to(x.dtype)
+    return roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Flip each sample left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _gray(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(1)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def color_jitter(x: Tensor, generator: torch.Generator, strength: float = JITTER) -> Tensor:
+    """Per-sample brightness, contrast and saturation factors in [1-s, 1+s] on a [0, 1] batch."""
+    f = 1 + strength * (2 * torch.rand(x.shape[0], 3, 1, 1, 1, device=x.device, generator=generator) - 1)
+    brightness, contrast, saturation = f.unbind(1)
+    x = (x * brightness).clamp(0, 1)
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean).clamp(0, 1)
+    gray = _gray(x)
+    return ((x - gray) * saturation + gray).clamp(0, 1)
+
+
+def augment_batch(x: Tensor, ops: tuple[str, ...], generator: torch.Generator) -> Tensor:
+    """Apply the configured augmentations (`RunConfig.augment`) to a float [0, 1] batch."""
+    if "crop" in ops:
+        x = random_resized_crop(x, generator)
+    if "flip" in ops:
+        x = random_flip(x, generator)
+    if "jitter" in ops:
+        x = color_jitter(x, generator)
+    return x
+
+
+# --------------------------------------------------------------------------- data on the device
+
+
+@dataclass
+class Split:
+    """One split as the trainable part of the network reads it."""
+
+    x: Tensor  # uint8 images [N, 3, H, W], or cached prefix features [N, ...]
+    y: Tensor  # int64 labels [N], on the device
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class Feeder:
+    """Turns index batches of a `Split` into model inputs on the device.
+
+    Images: gather, to float, augment (training only), normalise, channels_last
+    on CUDA. Features: gather only (a gathered batch is a copy, so an in-place
+    first step of the tail never writes into the cache).
+    """
+
+    def __init__(self, device: torch.device, pre: Preprocess, augment: tuple[str, ...], generator: torch.Generator):
+        self.device, self.pre, self.augment, self.generator = device, pre, augment, generator
+        self.channels_last = device.type == "cuda"
+
+    def gather(self, x: Tensor, idx: Tensor) -> Tensor:
+        if x.device == self.device:
+            return x[idx.to(self.device)]
+        return x[idx].pin_memory().to(self.device, non_blocking=True)  # host-resident: copy asynchronously
+
+    def images(self, x: Tensor, idx: Tensor, train: bool) -> Tensor:
+        batch = self.gather(x, idx)
+        if train and self.augment:
+            batch = augment_batch(batch.float().div_(255), self.augment, self.generator)
+            batch = self._normalize_unit(batch)
+        else:
+            batch = normalize(batch, self.pre)
+        return self._layout(batch)
+
+    def features(self, x: Tensor, idx: Tensor) -> Tensor:
+        return self._layout(self.gather(x, idx))
+
+    def _normalize_unit(self, batch: Tensor) -> Tensor:
+        mean = torch.tensor(self.pre.mean, device=batch.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.pre.std, device=batch.device).view(1, -1, 1, 1)
+        return (batch - mean) / std
+
+    def _layout(self, batch: Tensor) -> Tensor:
+        if self.channels_last and batch.dim() == 4:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+
+def place(t: Tensor, device: torch.device, budget_fraction: float = 0.3) -> Tensor:
+    """Keep `t` on the device when it fits in a share of the free memory, else in pinned host memory."""
+    if device.type != "cuda":
+        return t.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    if t.nbytes <= budget_fraction * free:
+        return t.to(device)
+    return t.pin_memory()
+
+
+def batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) bounds of the batches; a last batch of one sample joins the one before
+    (a BatchNorm in training mode cannot normalise a single sample)."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def build_optimizer(model: nn.Module, config: RunConfig) -> tuple[torch.optim.Optimizer, list[dict]]:
+    """The optimizer over `param_groups` (trainable parameters only, named groups), and their description.
+
+    Like nanoGPT's `configure_optimizers`: only `requires_grad` parameters go
+    in, and each group says how many tensors and parameters it holds. The new
+    head trains at `lr`, other trainable layers at `lr * backbone_lr_mult`.
+    """
+    groups = param_groups(model, config.arch, config.lr, config.backbone_lr_mult)
+    if not groups:
+        raise ValueError("Every parameter is frozen: nothing would train. Unfreeze at least the new head.")
+    kwargs = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, momentum=0.9, **kwargs)
+    elif config.optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, **kwargs)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, **kwargs)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    described = [{"name": g["name"], "num_tensors": g["num_tensors"], "num_params": g["num_params"], "lr": g["lr"]} for g in groups]
+    return optimizer, described
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int):
+    """None / CosineAnnealingLR over `epochs` / StepLR (step max(1, epochs // 3), gamma 0.1); stepped per epoch."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    return None
+
+
+# --------------------------------------------------------------------------- the loops
+
+
+class _Fault:
+    """The `FREEZE_LAB_FAULT` hook (see the module docstring)."""
+
+    def __init__(self, spec: str | None) -> None:
+        spec = (spec or "").strip()
+        m = re.fullmatch(r"(oom|error)@(\d+)", spec)
+        if spec and not m:
+            raise ValueError(f"{FAULT_ENV}={spec!r}: expected 'oom@<step>' or 'error@<step>'")
+        self.kind, self.step = (m.group(1), int(m.group(2))) if m else (None, -1)
+
+    def check(self, step: int) -> None:
+        if step != self.step:
+            return
+        if self.kind == "oom":
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (simulated by {FAULT_ENV} at step {step}). Tried to allocate 2.00 GiB."
+            )
+        raise RuntimeError(f"simulated failure ({FAULT_ENV} at step {step})")
+
+
+class _StepReporter:
+    """Reports each step's loss one step late, so reading it (`.item()`) does not stall the GPU
+    queue: by the time step k's loss is read, step k+1 has been queued behind it."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor, self.pending = monitor, None
+
+    def push(self, step: int, epoch: int, loss: Tensor) -> None:
+        self.flush()
+        self.pending = (step, epoch, loss)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            step, epoch, loss = self.pending
+            self.pending = None
+            self.monitor.on_step(step, epoch, loss.item())
+
+
+@dataclass
+class Loop:
+    """What every batch needs, fixed for a run."""
+
+    monitor: Monitor
+    feeder: Feeder
+    amp_dtype: torch.dtype | None  # bf16 autocast, or None for fp32
+    batch_size: int
+    fault: _Fault
+
+    def autocast(self):
+        device_type = self.feeder.device.type
+        return torch.autocast(device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def inputs(self, split: Split, idx: Tensor, *, features: bool, train: bool) -> Tensor:
+        return self.feeder.features(split.x, idx) if features else self.feeder.images(split.x, idx, train)
+
+
+def train_one_epoch(
+    forward: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    data: Split,
+    loop: Loop,
+    *,
+    features: bool,
+    epoch: int,
+    step: int,
+    generator: torch.Generator,
+) -> tuple[dict, int]:
+    """One pass over the shuffled training split. Returns ({train_loss, train_acc}, global step).
+
+    The caller has put the model in training mode. Raises `RunCancelled` at the
+    first batch boundary after `monitor.should_stop()` turns true.
+    """
+    order = torch.randperm(len(data), generator=generator)
+    reporter = _StepReporter(loop.monitor)
+    loss_sum = torch.zeros((), device=loop.feeder.device)
+    correct = torch.zeros((), device=loop.feeder.device, dtype=torch.long)
+    for start, end in batch_slices(len(data), loop.batch_size):
+        if loop.monitor.should_stop():
+            reporter.flush()
+            raise RunCancelled(f"stopped at step {step}")
+        step += 1
+        loop.fault.check(step)
+        idx = order[start:end]
+        x = loop.inputs(data, idx, features=features, train=True)
+        y = data.y[idx.to(data.y.device)]
+        with loop.autocast():
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+        reporter.push(step, epoch, loss.detach())
+    reporter.flush()
+    n = max(1, len(data))
+    return {"train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}, step
+
+
+def evaluate(forward: Callable[[Tensor], Tensor], data: Split, loop: Loop, num_classes: int, *, features: bool) -> dict:
+    """Loss, accuracy, per-class accuracy and confusion matrix (rows = true class) on a split.
+
+    The caller has put the model in eval mode.
+    """
+    device = loop.feeder.device
+    loss_sum = torch.zeros((), device=device)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
+    with torch.inference_mode():
+        for start, end in batch_slices(len(data), 2 * loop.batch_size):
+            idx = torch.arange(start, end)
+            x = loop.inputs(data, idx, features=features, train=False)
+            y = data.y[start:end]
+            with loop.autocast():
+                logits = forward(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    per_class_total = confusion.sum(1)
+    correct = confusion.diag()
+    n = max(1, len(data))
+    return {
+        "val_loss": loss_sum.item() / n,
+        "val_acc": correct.sum().item() / n,
+        "per_class_acc": [(c / t if t else 0.0) for c, t in zip(correct.tolist(), per_class_total.tolist())],
+        "confusion": confusion.tolist(),
+    }
+
+
+def compute_features(prefix: list[tuple[str, nn.Module]], split: Split, loop: Loop) -> Split:
+    """The prefix's output for every image of a split, in the run's precision, kept on the device.
+
+    Runs under `no_grad` rather than `inference_mode`: inference tensors could
+    not be saved for the backward pass of the trainable tail that reads them.
+    The prefix's modules are in eval mode here (and behave the same in training
+    mode, which is what made them a prefix).
+    """
+    out = None
+    with torch.no_grad():
+        for start, end in batch_slices(len(split), 2 * loop.batch_size):
+            if loop.monitor.should_stop():
+                raise RunCancelled("stopped while computing the feature cache")
+            x = loop.inputs(split, torch.arange(start, end), features=False, train=False)
+            with loop.autocast():
+                f = run_chain(prefix, x)
+            if out is None:
+                out = torch.empty((len(split), *f.shape[1:]), dtype=f.dtype, device=f.device)
+            out[start:end] = f
+    return Split(out.contiguous(), split.y)
+
+
+def feature_bytes(prefix: list[tuple[str, nn.Module]], train: Split, val: Split, loop: Loop) -> int:
+    """Bytes the prefix's features of both splits would take (measured on one image)."""
+    with torch.no_grad(), loop.autocast():  # the prefix behaves the same in either mode: no need for eval()
+        f = run_chain(prefix, loop.inputs(train, torch.arange(1), features=False, train=False))
+    return f[0].numel() * f.element_size() * (len(train) + len(val))
+
+
+def feature_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(0.4 * torch.cuda.mem_get_info(device)[0])
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 << 30
+    return min(CPU_FEATURE_BUDGET, physical // 8)
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def freeze_snapshot(model: nn.Module, bn_frozen_eval: bool) -> dict[str, Tensor]:
+    """CPU copies of every frozen parameter, and of frozen BatchNorm buffers when they must not move."""
+    snapshot = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if not p.requires_grad}
+    if bn_frozen_eval:
+        for path, module in model.named_modules():
+            if is_frozen_bn(module):
+                for name, buffer in module.named_buffers(prefix=path, recurse=False):
+                    snapshot[name] = buffer.detach().to("cpu", copy=True)
+    return snapshot
+
+
+def freeze_audit(model: nn.Module, snapshot: dict[str, Tensor]) -> dict:
+    """Compare the model with `freeze_snapshot`: bit-identical or listed as changed."""
+    current = dict(model.named_parameters())
+    current.update(model.named_buffers())
+    changed = [name for name, before in snapshot.items() if not torch.equal(current[name].detach().cpu(), before)]
+    return {"ok": not changed, "checked_tensors": len(snapshot), "changed": changed}
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and supports_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(
+    config: RunConfig, monitor: Monitor, *, device: torch.device | None = None, runs_dir: Path | None = None
+) -> TrainResult:
+    """Train one run as `config` says, reporting to `monitor`; see the module docstring.
+
+    Raises `RunCancelled` when the monitor asks to stop, `DatasetError` /
+    `CheckpointError` / `ValueError` for bad input (their message is for the
+    user), `torch.OutOfMemoryError` when the device runs out of memory.
+    """
+    t_start = time.perf_counter()
+    config.validate()
+    device = device or pick_device()
+    runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+    fault = _Fault(os.environ.get(FAULT_ENV))
+    shuffle_gen = torch.Generator().manual_seed(config.seed)
+    augment_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
+    amp_dtype = _amp_dtype(config.precision, device)
+
+    # --- data: decoded once, kept on the device
+    dataset = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
+    classes = list(dataset.classes)
+    if len(classes) != config.num_classes:
+        raise ValueError(
+            f"The dataset {config.dataset!r} has {len(classes)} classes but the run's head has "
+            f"{config.num_classes}; set num_classes to {len(classes)}."
+        )
+    if not dataset.train or not dataset.val:
+        raise ValueError(f"The dataset {config.dataset!r} needs images in both the training and the validation split.")
+    pre = preprocess_for(config.arch, config.weights, config.image_size)
+    images = {}
+    for split_name, samples in (("train", dataset.train), ("val", dataset.val)):
+        x = decode_images([s.path for s in samples], pre)
+        y = torch.tensor([s.label for s in samples], dtype=torch.long, device=device)
+        images[split_name] = Split(place(x, device), y)
+    loop = Loop(monitor, Feeder(device, pre, tuple(config.augment), augment_gen), amp_dtype, config.batch_size, fault)
+
+    # --- model
+    torch.manual_seed(config.seed)  # the new head's (or a random model's) init, then dropout
+    model, load_report = prepare_model(config.arch, config.num_classes, config.weights, runs_dir=runs_dir)
+    set_frozen(model, config.frozen)
+    snapshot = freeze_snapshot(model, config.bn_frozen_eval)  # CPU copies, for the audit at the end
+    trainable, frozen = param_counts(model)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    steps = forward_chain(model, config.arch)
+
+    # Gradual unfreezing (fastai's fine_tune): the first `unfreeze_after` epochs train only the head.
+    head_only = preset_frozen(model, config.arch, "head")
+    phases = [(1, config.epochs, config.frozen)]
+    if config.unfreeze_after > 0:
+        phases = [(1, config.unfreeze_after, head_only), (config.unfreeze_after + 1, config.epochs, config.frozen)]
+
+    def start_phase(frozen_paths, phase_epochs):
+        """Freeze, build the optimizer and scheduler, and plan the feature cache for one phase."""
+        set_frozen(model, frozen_paths)
+        optimizer, groups = build_optimizer(model, config)
+        scheduler = build_scheduler(optimizer, config.scheduler, phase_epochs)
+        set_train_mode(model, config.bn_frozen_eval)
+        plan = plan_feature_cache(steps, config)
+        if plan.used:
+            need = feature_bytes(steps[: plan.length], images["train"], images["val"], loop)
+            if need > (budget := feature_budget(device)):
+                plan = FeaturePlan(False, plan.prefix, f"the features up to {plan.prefix} would take "
+                                   f"{need / 2**20:.0f} MiB (budget {budget / 2**20:.0f} MiB)", plan.length)
+        return optimizer, groups, scheduler, plan
+
+    first, last, frozen_paths = phases[0]
+    optimizer, groups, scheduler, plan = start_phase(frozen_paths, last - first + 1)
+    steps_per_epoch = len(batch_slices(len(images["train"]), config.batch_size))
+    monitor.on_start({
+        "total_steps": steps_per_epoch * config.epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": config.epochs,
+        "classes": classes,
+        "device": str(device),
+        "precision": "bf16" if amp_dtype else "fp32",
+        "param_groups": groups,
+        "feature_cache": plan.to_dict(),
+        "train_size": len(images["train"]),
+        "val_size": len(images["val"]),
+        "skipped": len(dataset.skipped),
+        "trainable_params": trainable,
+        "frozen_params": frozen,
+        "load_report": load_report.to_dict() if load_report else None,
+    })
+
+    history: list[dict] = []
+    unfreezing = None
+    cache: dict[tuple, Split] = {}  # (dataset, split, preprocess, arch, weights, prefix) -> features
+    step = 0
+    for phase_index, (first, last, frozen_paths) in enumerate(phases):
+        if phase_index > 0:  # unfreeze: the configured frozen set, discriminative rates, a fresh optimizer
+            head_groups = groups
+            optimizer, groups, scheduler, plan = start_phase(frozen_paths, last - first + 1)
+            cache = {key: f for key, f in cache.items() if key[-1] == plan.prefix and plan.used}  # free the old ones
+            unfreezing = {"after_epoch": first - 1, "head_only_groups": head_groups, "groups": groups}
+        for epoch in range(first, last + 1):
+            t_epoch = time.perf_counter()
+            # Feature cache: built in the phase's first epoch, whose time includes it.
+            if plan.used:
+                inputs = {}
+                t_build = time.perf_counter()
+                model.eval()
+                for split_name in ("train", "val"):
+                    key = (config.dataset, split_name, pre, config.arch, config.weights, plan.prefix)
+                    if key not in cache:
+                        cache[key] = compute_features(steps[: plan.length], images[split_name], loop)
+                    inputs[split_name] = cache[key]
+                plan.build_s += time.perf_counter() - t_build
+                tail = steps[plan.length:]
+                forward = lambda x: run_chain(tail, x)  # noqa: E731
+            else:
+                inputs, forward = images, model
+            set_train_mode(model, config.bn_frozen_eval)
+            lr = {g["name"]: g["lr"] for g in optimizer.param_groups}
+            stats, step = train_one_epoch(
+                forward, optimizer, inputs["train"], loop, features=plan.used, epoch=epoch, step=step, generator=shuffle_gen
+            )
+            train_time = time.perf_counter() - t_epoch
+            model.eval()
+            stats |= evaluate(forward, inputs["val"], loop, config.num_classes, features=plan.used)
+            if scheduler is not None:
+                scheduler.step()
+            record = {
+                "epoch": epoch,
+                **stats,
+                "epoch_time_s": time.perf_counter() - t_epoch,
+                "images_per_s": len(inputs["train"]) / train_time,
+                "peak_mem_bytes": _peak_memory(device),
+                "lr": lr.get("head", max(lr.values())),
+                "lrs": lr,
+                "feature_cache": plan.used,
+            }
+            history.append(record)
+            monitor.on_epoch(record)
+        if phase_index == 0:
+            first_plan = plan.to_dict()
+
+    # --- the end: audit, weights, summary
+    model.eval()
+    audit = freeze_audit(model, snapshot)
+    state_dict = {name: p.detach().cpu().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+    state_dict |= {name: b.detach().cpu().contiguous().clone() for name, b in model.named_buffers()}
+    final = history[-1]
+    best = max(history, key=lambda r: r["val_acc"])
+    feature_cache = plan.to_dict()
+    if unfreezing is not None:
+        unfreezing["head_only_feature_cache"] = first_plan
+    summary = {
+        "val_acc": final["val_acc"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "train_acc": final["train_acc"],
+        "train_loss": final["train_loss"],
+        "val_loss": final["val_loss"],
+        "per_class_acc": final["per_class_acc"],
+        "trainable_params": trainable,
+        "frozen_params": frozen,
+        "images_per_s": sum(r["images_per_s"] for r in history) / len(history),
+        "total_time_s": time.perf_counter() - t_start,
+        "peak_mem_bytes": max(r["peak_mem_bytes"] for r in history),
+        "classes": classes,
+        "device": str(device),
+        "precision": "bf16" if amp_dtype else "fp32",
+        "epochs": config.epochs,
+        "train_size": len(images["train"]),
+        "val_size": len(images["val"]),
+        "param_groups": groups,
+        "gradual_unfreezing": unfreezing,
+        "feature_cache": feature_cache,
+        "freeze_audit": audit,
+        "load_report": load_report.to_dict() if load_report else None,
+    }
+    return TrainResult(summary=summary, state_dict=state_dict)
