@@ -300,18 +300,10 @@ class Feeder:
         batch = self.gather(x, idx)
         if train and self.augment:
             batch = augment_batch(batch.float().div_(255), self.augment, self.generator)
-            batch = self._normalize_unit(batch)
-        else:
-            batch = normalize(batch, self.pre)
-        return self._layout(batch)
+        return self._layout(normalize(batch, self.pre))
 
     def features(self, x: Tensor, idx: Tensor) -> Tensor:
         return self._layout(self.gather(x, idx))
-
-    def _normalize_unit(self, batch: Tensor) -> Tensor:
-        mean = torch.tensor(self.pre.mean, device=batch.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.pre.std, device=batch.device).view(1, -1, 1, 1)
-        return (batch - mean) / std
 
     def _layout(self, batch: Tensor) -> Tensor:
         if self.channels_last and batch.dim() == 4:

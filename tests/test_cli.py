@@ -1,0 +1,74 @@
+"""`python -m core.train`: a tiny folder dataset, resnet18 at 32 px, one epoch, then a run from its weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.runs import RunStore
+from core.train import image_size, main
+from tests.test_training import draw_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    values = {"FREEZE_LAB_DATA_DIR": str(tmp_path / "data"), "FREEZE_LAB_RUNS_DIR": str(tmp_path / "runs")}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("FREEZE_LAB_FAULT", raising=False)
+    return values
+
+
+def test_cli_trains_then_reuses_the_run_as_weights(tmp_path, env, capsys):
+    folder = draw_folder(tmp_path / "shapes", per_class=8)
+    runs = tmp_path / "runs"
+    common = ["--arch", "resnet18", "--dataset", str(folder), "--image-size", "32", "--epochs", "1",
+              "--batch-size", "8", "--runs-dir", str(runs), "--device", "cpu", "--json"]
+    # The real command line, in a child process: stdout is only the JSON.
+    child_env = os.environ | env | {"PYTHONPATH": str(ROOT)}
+    child_env.pop("FREEZE_LAB_FAULT", None)
+    done = subprocess.run([sys.executable, "-m", "core.train", "--preset", "full", "--weights", "none", *common],
+                          cwd=ROOT, env=child_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout)
+    assert first["status"] == "finished" and first["reason"] is None
+    assert 0 <= first["val_acc"] <= 1 and first["trainable_params"] > 11_000_000
+    assert first["freeze_audit"]["ok"] and first["images_per_s"] > 0 and first["peak_mem_bytes"] > 0
+    assert "epoch 1" in done.stderr  # progress goes to stderr
+    record = RunStore(runs).load(first["run_id"])
+    assert record.status == "finished" and record.has_weights and record.config.preset == "full"
+
+    # Head-only from that run's weights, in process.
+    assert main(["--preset", "head", "--weights", f"run:{first['run_id']}", *common]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["status"] == "finished"
+    assert second["trainable_params"] == 512 * 3 + 3
+    assert second["freeze_audit"]["ok"] and second["freeze_audit"]["checked_tensors"] > 0
+    assert second["feature_cache"]["used"] and second["feature_cache"]["prefix"] == "flatten"
+    config = RunStore(runs).load(second["run_id"]).config
+    assert config.weights == f"run:{first['run_id']}" and config.num_classes == 3 and "layer4" in config.frozen
+
+
+def test_cli_reports_failures(tmp_path, env, capsys):
+    folder = draw_folder(tmp_path / "shapes", per_class=4)
+    args = ["--dataset", str(folder), "--image-size", "32", "--epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+            "--device", "cpu", "--json"]
+    assert main(["--preset", "fc1_fc2", *args]) == 1  # a VGG preset on a ResNet: refused before any run
+    out = capsys.readouterr()
+    assert json.loads(out.out)["status"] == "failed" and "VGG" in out.err
+    assert main(["--preset", "head", "--weights", "run:nope", *args]) == 1  # fails inside the run: recorded
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["status"] == "failed" and "nope" in failed["reason"]
+    assert RunStore(tmp_path / "runs").load(failed["run_id"]).status == "failed"
+
+
+def test_image_size_accepts_square_and_hxw():
+    assert image_size("64") == (64, 64)
+    assert image_size("448x224") == (448, 224)

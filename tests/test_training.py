@@ -1,0 +1,352 @@
+"""The training engine on tiny inputs: a generated 3-class folder of 32 px PNGs, resnet18, 1-2 epochs.
+
+Each run takes a fraction of a second on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from core import training
+from core.config import RunConfig
+from core.data import DatasetError
+from core.freezing import is_frozen_bn, preset_frozen, set_frozen, set_train_mode
+from core.jobs import RunCancelled
+from core.models import build_model, build_skeleton
+from core.training import (
+    FAULT_ENV,
+    augment_batch,
+    batch_slices,
+    build_optimizer,
+    color_jitter,
+    forward_chain,
+    frozen_prefix,
+    random_flip,
+    random_resized_crop,
+    run_chain,
+    train,
+)
+
+CPU = torch.device("cpu")
+CLASSES = ("disc", "box", "wedge")
+
+
+def draw_folder(root, per_class=10, size=32, seed=0):
+    """An ImageFolder of `per_class` noisy PNGs per class: a disc, a box or a wedge on clutter."""
+    rng = np.random.default_rng(seed)
+    for ci, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = Image.fromarray(rng.integers(0, 70, (size, size, 3), dtype=np.uint8))
+            draw = ImageDraw.Draw(image)
+            x, y = (int(v) for v in rng.integers(2, size // 2, 2))
+            s = int(rng.integers(size // 4, size // 2))
+            colour = tuple(int(v) for v in rng.integers(140, 256, 3))
+            if ci == 0:
+                draw.ellipse([x, y, x + s, y + s], fill=colour)
+            elif ci == 1:
+                draw.rectangle([x, y, x + s, y + s], fill=colour)
+            else:
+                draw.polygon([(x, y + s), (x + s, y + s), (x + s // 2, y)], fill=colour)
+            image.save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Decoded-image caches and the like go to the test's own folder; no fault is armed."""
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return draw_folder(tmp_path_factory.mktemp("shapes"))
+
+
+class Recorder:
+    """A `Monitor` that keeps everything; `stop_at`: should_stop turns true at that call."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.info, self.steps, self.epochs = None, [], []
+        self.stop_at, self.stop_checks = stop_at, 0
+
+    def on_start(self, info):
+        self.info = info
+
+    def on_step(self, step, epoch, loss):
+        self.steps.append((step, epoch, loss))
+
+    def on_epoch(self, record):
+        self.epochs.append(record)
+
+    def should_stop(self):
+        self.stop_checks += 1
+        return self.stop_at is not None and self.stop_checks >= self.stop_at
+
+    @property
+    def losses(self):
+        return [loss for _, _, loss in self.steps]
+
+
+def config_for(folder, preset="head", arch="resnet18", **changes) -> RunConfig:
+    frozen = preset_frozen(build_skeleton(arch, len(CLASSES)), arch, preset)
+    base = dict(arch=arch, num_classes=len(CLASSES), dataset=str(folder), image_size=(32, 32), preset=preset,
+                frozen=frozen, epochs=2, batch_size=8, lr=0.01, seed=0)
+    return RunConfig(**(base | changes))
+
+
+def run(config, tmp_path, monitor=None):
+    monitor = monitor or Recorder()
+    return train(config, monitor, device=CPU, runs_dir=tmp_path / "runs"), monitor
+
+
+# --------------------------------------------------------------------------- forward chain
+
+
+@pytest.mark.parametrize(
+    "arch", ["alexnet", "vgg11_bn", "resnet18", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "convnext_tiny"]
+)
+def test_forward_chain_reproduces_the_model(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(run_chain(forward_chain(model, arch), x), model(x))
+
+
+def test_forward_chain_names_follow_torchvision():
+    model = build_skeleton("resnet18", 3)
+    names = [n for n, _ in forward_chain(model, "resnet18")]
+    assert names[:5] == ["conv1", "bn1", "relu", "maxpool", "layer1.0"]
+    assert names[-3:] == ["avgpool", "flatten", "fc"]
+    vgg = [n for n, _ in forward_chain(build_skeleton("vgg11", 3), "vgg11")]
+    assert vgg[0] == "features.0" and vgg[-9:] == ["avgpool", "flatten"] + [f"classifier.{i}" for i in range(7)]
+
+
+def test_frozen_prefix_stops_at_training_parameters_dropout_and_moving_batchnorm():
+    model = build_skeleton("resnet18", 3)
+    set_frozen(model, preset_frozen(model, "resnet18", "head"))
+    steps = forward_chain(model, "resnet18")
+    set_train_mode(model, bn_frozen_eval=True)
+    n, why = frozen_prefix(steps)
+    assert steps[n - 1][0] == "flatten" and why == "fc trains"
+    set_train_mode(model, bn_frozen_eval=False)  # frozen BN would update its statistics
+    n, why = frozen_prefix(steps)
+    assert n == 1 and "bn1" in why
+
+    vgg = build_skeleton("vgg11", 3)
+    set_frozen(vgg, preset_frozen(vgg, "vgg11", "head"))
+    steps = forward_chain(vgg, "vgg11")
+    set_train_mode(vgg)
+    n, why = frozen_prefix(steps)
+    assert steps[n - 1][0] == "classifier.1" and "Dropout" in why
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+@pytest.mark.parametrize("preset", ["full", "head", "classifier", "last2"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_optimizer_holds_exactly_the_trainable_parameters(preset, optimizer):
+    model = build_skeleton("resnet18", 3)
+    set_frozen(model, preset_frozen(model, "resnet18", preset))
+    config = RunConfig(arch="resnet18", num_classes=3, optimizer=optimizer, lr=0.1, backbone_lr_mult=0.1)
+    opt, groups = build_optimizer(model, config)
+    in_opt = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(in_opt) == len(set(in_opt))
+    assert set(in_opt) == {id(p) for p in model.parameters() if p.requires_grad}
+    names = [g["name"] for g in opt.param_groups]
+    assert names == (["head"] if preset in ("head", "classifier") else ["head", "backbone"])  # ResNet: classifier = fc
+    assert [g["name"] for g in groups] == names
+    for g in groups:
+        assert g["lr"] == (0.1 if g["name"] == "head" else pytest.approx(0.01))
+        assert g["num_params"] == sum(p.numel() for og in opt.param_groups if og["name"] == g["name"] for p in og["params"])
+
+
+def test_nothing_trainable_is_refused():
+    model = build_skeleton("resnet18", 3)
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing would train"):
+        build_optimizer(model, RunConfig(arch="resnet18", num_classes=3))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_head_only_run_keeps_frozen_weights_and_bn_statistics(folder, tmp_path):
+    config = config_for(folder, "last1", feature_cache=False)
+    result, monitor = run(config, tmp_path)
+    audit = result.summary["freeze_audit"]
+    assert audit == {"ok": True, "checked_tensors": audit["checked_tensors"], "changed": []}
+    assert audit["checked_tensors"] > 0
+    # Our own check against the same seeded starting model: frozen BN buffers untouched, trainable layer moved.
+    torch.manual_seed(0)
+    start = build_model("resnet18", 3)
+    set_frozen(start, config.frozen)
+    start_state = start.state_dict()
+    frozen_bn_buffers = [f"{path}.{b}" for path, m in start.named_modules() if is_frozen_bn(m)
+                         for b, _ in m.named_buffers(recurse=False)]
+    assert frozen_bn_buffers
+    for name in frozen_bn_buffers:
+        assert torch.equal(result.state_dict[name], start_state[name]), name
+    assert not torch.equal(result.state_dict["layer4.1.conv2.weight"], start_state["layer4.1.conv2.weight"])
+    assert not torch.equal(result.state_dict["layer4.1.bn2.running_mean"], start_state["layer4.1.bn2.running_mean"])
+    # The saved state: trainable parameters and all buffers, nothing frozen.
+    trainable = {n for n, p in start.named_parameters() if p.requires_grad}
+    assert set(result.state_dict) == trainable | {n for n, _ in start.named_buffers()}
+    assert "conv1.weight" not in result.state_dict
+    # The metrics contract.
+    assert monitor.info["total_steps"] == len(monitor.steps) == 2 * len(batch_slices(monitor.info["train_size"], 8))
+    record = monitor.epochs[-1]
+    for key in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "per_class_acc", "confusion",
+                "epoch_time_s", "images_per_s", "peak_mem_bytes", "lr"):
+        assert key in record, key
+    assert len(record["per_class_acc"]) == 3 and len(record["confusion"]) == 3
+    assert sum(map(sum, record["confusion"])) == monitor.info["val_size"]
+    assert result.summary["classes"] == sorted(CLASSES)
+
+
+def test_frozen_bn_statistics_move_when_the_switch_is_off(folder, tmp_path):
+    config = config_for(folder, "head", bn_frozen_eval=False, epochs=1)
+    result, _ = run(config, tmp_path)
+    torch.manual_seed(0)
+    start = build_model("resnet18", 3).state_dict()
+    assert not torch.equal(result.state_dict["bn1.running_mean"], start["bn1.running_mean"])
+    audit = result.summary["freeze_audit"]
+    assert audit["ok"] and "bn1.running_mean" not in audit["changed"]  # not supposed to stay: not checked
+    with_switch, _ = run(config.replace(bn_frozen_eval=True), tmp_path)
+    assert with_switch.summary["freeze_audit"]["checked_tensors"] > audit["checked_tensors"]
+    assert torch.equal(with_switch.state_dict["bn1.running_mean"], start["bn1.running_mean"])
+
+
+def test_seeded_runs_repeat_exactly(folder, tmp_path):
+    config = config_for(folder, "last1", augment=("crop", "flip", "jitter"))
+    _, first = run(config, tmp_path)
+    _, second = run(config, tmp_path)
+    assert first.losses == second.losses
+    assert [r["val_loss"] for r in first.epochs] == [r["val_loss"] for r in second.epochs]
+    _, other = run(config.replace(seed=1), tmp_path)
+    assert other.losses != first.losses
+
+
+def test_cancel_stops_at_the_next_batch(folder, tmp_path):
+    monitor = Recorder(stop_at=3)  # true at the third batch boundary
+    with pytest.raises(RunCancelled):
+        run(config_for(folder, "full", feature_cache=False), tmp_path, monitor)
+    assert monitor.stop_checks == 3
+    assert [s for s, _, _ in monitor.steps] == [1, 2]
+
+
+def test_feature_cache_for_head_only_matches_the_full_forward(folder, tmp_path):
+    cached, with_cache = run(config_for(folder, "head"), tmp_path)
+    plain, without = run(config_for(folder, "head", feature_cache=False), tmp_path)
+    assert cached.summary["feature_cache"]["used"] and cached.summary["feature_cache"]["prefix"] == "flatten"
+    assert with_cache.info["feature_cache"]["used"]
+    assert not plain.summary["feature_cache"]["used"] and plain.summary["feature_cache"]["reason"]
+    assert with_cache.losses == pytest.approx(without.losses, rel=1e-4)
+    assert cached.summary["val_acc"] == plain.summary["val_acc"]
+    assert torch.allclose(cached.state_dict["fc.weight"], plain.state_dict["fc.weight"], atol=1e-5)
+
+
+def test_feature_cache_is_off_with_augmentation(folder, tmp_path):
+    result, monitor = run(config_for(folder, "head", augment=("flip",), epochs=1), tmp_path)
+    cache = result.summary["feature_cache"]
+    assert not cache["used"] and "augmentation" in cache["reason"]
+    assert monitor.info["feature_cache"] == cache | {"build_s": cache["build_s"]}
+
+
+def test_gradual_unfreezing_switches_groups(folder, tmp_path):
+    result, monitor = run(config_for(folder, "full", unfreeze_after=1, epochs=2), tmp_path)
+    unfreezing = result.summary["gradual_unfreezing"]
+    assert unfreezing["after_epoch"] == 1
+    assert [g["name"] for g in unfreezing["head_only_groups"]] == ["head"]
+    assert [g["name"] for g in unfreezing["groups"]] == ["head", "backbone"]
+    assert unfreezing["head_only_feature_cache"]["used"]  # the head-only phase trains on cached features
+    assert list(monitor.epochs[0]["lrs"]) == ["head"] and list(monitor.epochs[1]["lrs"]) == ["head", "backbone"]
+    assert monitor.epochs[1]["lrs"]["backbone"] == pytest.approx(0.001)
+    assert result.summary["freeze_audit"]["checked_tensors"] == 0  # nothing is frozen at the end
+    assert "conv1.weight" in result.state_dict
+
+
+@pytest.mark.parametrize(("fault", "error"), [("oom@2", torch.OutOfMemoryError), ("error@1", RuntimeError)])
+def test_fault_injection(folder, tmp_path, monkeypatch, fault, error):
+    monkeypatch.setenv(FAULT_ENV, fault)
+    monitor = Recorder()
+    with pytest.raises(error, match="simulated"):
+        run(config_for(folder, "head", epochs=1), tmp_path, monitor)
+    assert len(monitor.steps) <= int(fault.split("@")[1])
+
+
+def test_a_bad_fault_spec_is_an_error(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "boom")
+    with pytest.raises(ValueError, match=FAULT_ENV):
+        run(config_for(folder, "head", epochs=1), tmp_path)
+
+
+def test_image_corrupted_after_the_check_is_a_dataset_error(tmp_path, monkeypatch):
+    root = draw_folder(tmp_path / "fragile", per_class=6)
+    real_load = training.load_dataset
+
+    def load_then_corrupt(*args, **kwargs):
+        dataset = real_load(*args, **kwargs)
+        dataset.train[0].path.write_bytes(b"\x89PNG\r\n\x1a\n not a png any more")
+        return dataset
+
+    monkeypatch.setattr(training, "load_dataset", load_then_corrupt)
+    with pytest.raises(DatasetError):
+        run(config_for(root, "head", epochs=1), tmp_path)
+
+
+def test_class_count_must_match_the_head(folder, tmp_path):
+    with pytest.raises(ValueError, match="3 classes"):
+        run(config_for(folder, "head").replace(num_classes=5, frozen=()), tmp_path)
+
+
+# --------------------------------------------------------------------------- augmentation and batching
+
+
+def test_full_box_crop_is_the_identity():
+    x = torch.rand(3, 3, 16, 20)
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(random_resized_crop(x, g, scale=(1, 1), ratio=(20 / 16, 20 / 16)), x, atol=1e-4)
+
+
+def test_augmentations_are_per_sample():
+    x = torch.rand(1, 3, 16, 16).expand(64, -1, -1, -1).contiguous()
+    g = torch.Generator().manual_seed(0)
+    flipped = random_flip(x, g)
+    is_flipped = [torch.equal(f, x[0].flip(-1)) for f in flipped]
+    assert 10 < sum(is_flipped) < 54 and all(f or torch.equal(s, x[0]) for f, s in zip(is_flipped, flipped))
+    crops = random_resized_crop(x, g)
+    assert crops.shape == x.shape and len({round(c.sum().item(), 3) for c in crops}) > 32
+    jittered = color_jitter(x, g)
+    assert jittered.min() >= 0 and jittered.max() <= 1
+    assert len({round(j.mean().item(), 4) for j in jittered}) > 32
+    out = augment_batch(x, ("crop", "flip", "jitter"), g)
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_batch_slices_never_leave_a_single_sample():
+    assert batch_slices(17, 8) == [(0, 8), (8, 17)]
+    assert batch_slices(16, 8) == [(0, 8), (8, 16)]
+    assert batch_slices(3, 8) == [(0, 3)]
+    assert sum(e - s for s, e in batch_slices(101, 10)) == 101
+    assert math.ceil(18 / 8) == len(batch_slices(18, 8))
+
+
+def test_chain_prefix_output_feeds_the_tail(folder):
+    # The cached prefix's output, run through the remaining steps, is the model's output.
+    model = build_model("resnet18", 3).eval()
+    steps = forward_chain(model, "resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(run_chain(steps[6:], run_chain(steps[:6], x)), model(x))
+    assert isinstance(steps[-1][1], nn.Linear)
