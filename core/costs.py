@@ -74,13 +74,15 @@ Units and conventions:
 - FLOPs are FlopCounterMode's: 2 per multiply-accumulate, per image; the
   backward of a frozen prefix is skipped by autograd and costs nothing.
 - Activation bytes are for the whole batch: the profile is measured for one
-  image and scaled by the batch size (BatchNorm's per-channel statistics
-  are thus overcounted by a negligible amount). Parameters and buffers that
-  autograd saves are weights, not activations, and are not counted.
+  image; saved tensors with a leading batch dimension scale with the batch
+  size, the others (BatchNorm's per-channel batch statistics) do not.
+  Parameters and buffers that autograd saves are weights, not activations,
+  and are not counted.
 - Precision ``"bf16"`` (autocast): parameters, gradients and optimizer state
   stay fp32; saved floating-point activations are scaled from the fp32
-  measurement to 2 bytes (masks and indices keep their size). Autocast keeps
-  some ops in fp32 (e.g. LayerNorm), so this is an approximation.
+  measurement to 2 bytes (masks, indices and BatchNorm statistics keep their
+  size). Autocast keeps some ops in fp32 (e.g. LayerNorm), so this is an
+  approximation.
 - Weights are all parameters plus buffers (fp32 master weights are the
   weights themselves); gradients exist for trainable parameters only;
   optimizer state is one fp32 buffer per trainable parameter for SGD with
@@ -117,8 +119,9 @@ class Saves:
 
     bwd_flops: int
     edges: tuple[int, ...]  # activation edges saved (indices into CostProfile.edge_bytes)
-    other_float: int  # bytes of other floating-point tensors saved (per-channel statistics, ...)
-    other_int: int  # bytes of other non-float tensors saved (dropout masks, max-pool indices)
+    other_float: int  # per image: bytes of other floating-point tensors saved (LayerNorm statistics, ...)
+    other_int: int  # per image: bytes of other non-float tensors saved (dropout masks, max-pool indices)
+    fixed: int  # per batch: bytes of saved tensors without a batch dimension (BatchNorm's batch statistics)
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,9 @@ class FunctionalSave:
 
     pos: int  # position in forward order: 2*i lies between leaf calls i-1 and i
     edge: int  # activation edge, or -1 when the tensor is not a module's input or output
-    nbytes: int  # fp32 bytes when edge == -1
+    nbytes: int  # bytes when edge == -1 (fp32 if floating point)
     is_float: bool
+    per_image: bool  # has a batch dimension (scales with the batch size)
     deps: int  # bit mask of the parameters the saved tensor depends on: kept when one trains
     owner: int  # -1, or a bit mask of container-held parameters (layer_scale): kept exactly when one trains
 
@@ -199,9 +203,9 @@ def cost_profile(arch: str, num_classes: int, image_size: tuple[int, int]) -> Co
         pass2 = _record(model, leaves, owners, excluded, bit_of, (h, w))
         model.requires_grad_(True)
         remaining: dict[tuple, int] = {}
-        for pos, _, nbytes, is_float, _ in pass2.functional:
+        for pos, _, nbytes, is_float, _, _ in pass2.functional:
             remaining[(pos, nbytes, is_float)] = remaining.get((pos, nbytes, is_float), 0) + 1
-        for j, (pos, _, nbytes, is_float, deps) in enumerate(pass1.functional):
+        for j, (pos, _, nbytes, is_float, _, deps) in enumerate(pass1.functional):
             if remaining.get((pos, nbytes, is_float)):
                 remaining[(pos, nbytes, is_float)] -= 1
             else:  # owned by the innermost container with parameters whose forward call encloses it
@@ -233,31 +237,32 @@ def cost_profile(arch: str, num_classes: int, image_size: tuple[int, int]) -> Co
                 k = (_module_key(module), shape, stride, config)
                 if k not in cache:
                     cache[k] = _isolated(module, shape, stride, config)
-                fwd, bwd, labels, other_float, other_int = cache[k]
+                fwd, bwd, labels, other_float, other_int, fixed = cache[k]
                 edges = tuple(sorted({in_edge if label == "in" else out_edge for label in labels} - {-1}))
-                if bwd or edges or other_float or other_int:
-                    saves[config] = Saves(bwd, edges, other_float, other_int)
+                if bwd or edges or other_float or other_int or fixed:
+                    saves[config] = Saves(bwd, edges, other_float, other_int, fixed)
             module.train()
         calls.append(LeafCall(path, own, deps, is_bn, fwd, saves))
 
     functional = []
-    for j, (pos, key, nbytes, is_float, deps) in enumerate(pass1.functional):
+    for j, (pos, key, nbytes, is_float, per_image, deps) in enumerate(pass1.functional):
         e = edge_of.get(key, -1)
-        functional.append(FunctionalSave(pos, e, 0 if e >= 0 else nbytes, is_float, deps, owner_of.get(j, -1)))
+        functional.append(FunctionalSave(pos, e, 0 if e >= 0 else nbytes, is_float, per_image, deps,
+                                         owner_of.get(j, -1)))
 
     profile = CostProfile(
         arch=arch, num_classes=num_classes, image_size=(h, w), param_names=tuple(names), param_sizes=sizes,
         buffer_bytes=buffer_bytes, calls=tuple(calls), edge_bytes=tuple(edge_bytes),
         functional=tuple(functional), residual_bytes=0, build_s=0.0,
     )
-    residual = pass1.saved_bytes - _activations(profile, (1 << len(names)) - 1, True, 4)
+    residual = pass1.saved_bytes - _activations(profile, (1 << len(names)) - 1, True, 4, 1)
     return dataclasses.replace(profile, residual_bytes=residual, build_s=time.perf_counter() - start)
 
 
 @dataclass
 class _Pass:
     calls: list  # [path, module, shape, stride, in key, in bytes, in deps, out key, out bytes]
-    functional: list  # (pos, storage key, nbytes, is_float, deps)
+    functional: list  # (pos, storage key, nbytes, is_float, per_image, deps)
     owner_span: list  # [first, last] position of the forward call of each container with own parameters
     saved_bytes: int  # all saved non-parameter storages, deduplicated (the exact figure for this pass)
     keep: list  # keeps recorded tensors alive so storage keys are not reused
@@ -303,7 +308,7 @@ def _record(model: nn.Module, leaves, owners, excluded: set[int], bit_of: dict[i
         rec.keep.append(t)
         saved.setdefault(k, _nbytes(t))
         if not state["inside"]:
-            rec.functional.append((2 * state["count"], k, _nbytes(t), t.is_floating_point(), deps(t)))
+            rec.functional.append((2 * state["count"], k, _nbytes(t), t.is_floating_point(), _per_image(t), deps(t)))
         return t
 
     def span(c: int, end: int):
@@ -351,7 +356,10 @@ def _node_deps(root, memo: dict[int, int], bit_of: dict[int, int], keep: list) -
 
 
 def _isolated(module: nn.Module, shape, stride, config: str):
-    """Run one leaf module alone: (fwd FLOPs, bwd FLOPs, saved edge labels, other float bytes, other int bytes)."""
+    """Run one leaf module alone on one image.
+
+    Returns (fwd FLOPs, bwd FLOPs, saved edge labels, other float bytes, other int bytes, fixed bytes).
+    """
     input_grad, weight_grad, training = _CONFIGS[config]
     module.train(training)
     own = list(module.parameters())
@@ -374,7 +382,7 @@ def _isolated(module: nn.Module, shape, stride, config: str):
         for p, flag in zip(own, flags):
             p.requires_grad_(flag)
     in_key, out_key = _key(x), _key(out)
-    labels, seen, other_float, other_int = set(), set(), 0, 0
+    labels, seen, other_float, other_int, fixed = set(), set(), 0, 0, 0
     for t in saved:
         k = _key(t)
         if k in excluded or k in seen:
@@ -384,11 +392,18 @@ def _isolated(module: nn.Module, shape, stride, config: str):
             labels.add("in")
         elif k == out_key:
             labels.add("out")
+        elif not _per_image(t):
+            fixed += _nbytes(t)
         elif t.is_floating_point():
             other_float += _nbytes(t)
         else:
             other_int += _nbytes(t)
-    return fwd, bwd, frozenset(labels), other_float, other_int
+    return fwd, bwd, frozenset(labels), other_float, other_int, fixed
+
+
+def _per_image(t: torch.Tensor) -> bool:
+    """Does a tensor saved in a batch-of-one pass have a batch dimension? (BatchNorm's (C,) statistics do not.)"""
+    return t.dim() >= 2 and t.shape[0] == 1
 
 
 def _module_key(module: nn.Module):
@@ -476,7 +491,7 @@ def estimate(
     for call, config in zip(profile.calls, _configs(profile, trainable_bits, bn_frozen_eval)):
         if config in call.saves:
             bwd += call.saves[config].bwd_flops
-    activations = _activations(profile, trainable_bits, bn_frozen_eval, PRECISION_BYTES[precision]) * batch_size
+    activations = _activations(profile, trainable_bits, bn_frozen_eval, PRECISION_BYTES[precision], batch_size)
     weights = 4 * profile.total + profile.buffer_bytes
     grads = 4 * trainable
     opt = 4 * trainable * OPTIMIZER_STATES[optimizer]
@@ -510,27 +525,30 @@ def _configs(profile: CostProfile, trainable: int, bn_frozen_eval: bool) -> list
     return out
 
 
-def _activations(profile: CostProfile, trainable: int, bn_frozen_eval: bool, float_bytes: int) -> int:
-    """Saved-activation bytes for one image with the parameters in bit mask `trainable` trainable."""
+def _activations(profile: CostProfile, trainable: int, bn_frozen_eval: bool, float_bytes: int, batch: int) -> int:
+    """Saved-activation bytes for `batch` images with the parameters in bit mask `trainable` trainable."""
     edges: set[int] = set()
-    other_float = other_int = 0
+    other_float = other_int = fixed = 0
     for call, config in zip(profile.calls, _configs(profile, trainable, bn_frozen_eval)):
         s = call.saves.get(config)
         if s is not None:
             edges.update(s.edges)
             other_float += s.other_float
             other_int += s.other_int
+            fixed += s.fixed
     for f in profile.functional:
         if not (f.owner & trainable if f.owner >= 0 else f.deps & trainable):
             continue
         if f.edge >= 0:
             edges.add(f.edge)
+        elif not f.per_image:
+            fixed += f.nbytes
         elif f.is_float:
             other_float += f.nbytes
         else:
             other_int += f.nbytes
     float_total = sum(profile.edge_bytes[e] for e in edges) + other_float
-    return float_total * float_bytes // 4 + other_int
+    return (float_total * float_bytes // 4 + other_int) * batch + fixed
 
 
 def compare_to_full(costs: Costs, full_costs: Costs) -> dict:
