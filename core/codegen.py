@@ -31,6 +31,7 @@ torchvision (no Freeze Lab import), written the way torchvision users write it:
 
 from __future__ import annotations
 
+import functools
 import keyword
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from core.config import RunConfig, runs_dir
-from core.models import arch_spec, build_skeleton, get_module
+from core.models import arch_spec, build_skeleton
 
 
 def generate_code(config: RunConfig) -> str:
@@ -47,16 +48,15 @@ def generate_code(config: RunConfig) -> str:
     Raises `ValueError` for an unknown architecture or a frozen path the model does not have.
     """
     spec = arch_spec(config.arch)
-    skeleton = build_skeleton(config.arch, config.num_classes)
-    param_names = {name for name, _ in skeleton.named_parameters()}
+    param_names, module_names, has_bn = _structure(config.arch)
     params, modules = [], []
     for path in config.frozen:
         if path in param_names:
             params.append(path)
-        else:
-            get_module(skeleton, path)  # ValueError naming the path if it does not exist
+        elif path in module_names:
             modules.append(path)
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in skeleton.modules())
+        else:
+            raise ValueError(f"{spec.label} has no module or parameter {path!r}")
     head = attr_path(spec.head)
     h, w = config.image_size
 
@@ -89,6 +89,15 @@ def generate_code(config: RunConfig) -> str:
     if config.precision in ("bf16", "auto"):
         out.append("# bf16 on a GPU: compute the loss inside `with torch.autocast(\"cuda\", dtype=torch.bfloat16):`")
     return "\n".join(out) + "\n"
+
+
+@functools.lru_cache(maxsize=None)  # one entry per catalog architecture, immutable
+def _structure(arch: str) -> tuple[frozenset[str], frozenset[str], bool]:
+    """(parameter names, module paths, has BatchNorm) of `arch`; the head size changes none of them."""
+    skeleton = build_skeleton(arch, 2)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in skeleton.modules())
+    return (frozenset(n for n, _ in skeleton.named_parameters()),
+            frozenset(n for n, _ in skeleton.named_modules() if n), has_bn)
 
 
 def attr_path(path: str, root: str = "model") -> str:
