@@ -1,0 +1,72 @@
+"""AppTest for the Data page: demo preview, a zip upload, a bad zip."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core.config import RunConfig
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "data.py")
+
+
+@pytest.fixture
+def at(tmp_path, monkeypatch):
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+    app = AppTest.from_file(PAGE, default_timeout=60)
+    app.session_state["draft"] = RunConfig(dataset="demo-target:10")
+    return app
+
+
+def zip_of(classes, n=3) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for c in classes:
+            for i in range(n):
+                img = io.BytesIO()
+                Image.new("RGB", (12, 12), (i * 60, 100, 0)).save(img, format="PNG")
+                zf.writestr(f"pets/{c}/{i}.png", img.getvalue())
+    return buf.getvalue()
+
+
+def images_shown(app) -> int:
+    return sum(len(el.proto.imgs) for el in app.get("image"))
+
+
+def test_demo_dataset_shows_preview_and_sets_the_draft(at):
+    at.run()
+    assert not at.exception and not at.error
+    assert at.radio(key="data_source").value == "demo-target"
+    assert images_shown(at) == 4 * 8
+    draft = at.session_state["draft"]
+    assert (draft.dataset, draft.num_classes) == ("demo-target:10", 4)
+    assert at.session_state["dataset_classes"] == ["arrow", "diamond", "hexagon", "pentagon"]
+    assert at.metric[1].value == "32" and at.metric[2].value == "8"
+
+
+def test_uploaded_zip_becomes_the_dataset(at):
+    at.run()
+    at.radio(key="data_source").set_value("zip").run()
+    at.file_uploader(key="data_zip").set_value(("pets.zip", zip_of(["cat", "dog", "fox"]), "application/zip")).run()
+    assert not at.exception and not at.error
+    draft = at.session_state["draft"]
+    assert draft.num_classes == 3 and draft.dataset.endswith("pets")
+    assert at.session_state["dataset_classes"] == ["cat", "dog", "fox"]
+    assert images_shown(at) == 3 * 2  # 3 images per class: 2 train + 1 val
+
+
+def test_bad_zip_shows_the_error_and_changes_nothing(at):
+    at.run()
+    before = at.session_state["draft"]
+    at.radio(key="data_source").set_value("zip").run()
+    at.file_uploader(key="data_zip").set_value(("one.zip", zip_of(["cat"]), "application/zip")).run()
+    assert not at.exception
+    assert "at least two classes" in at.error[0].value
+    assert at.session_state["draft"] == before
+    at.file_uploader(key="data_zip").set_value(("junk.zip", b"not a zip at all", "application/zip")).run()
+    assert "not a zip file" in at.error[0].value and at.session_state["draft"] == before
