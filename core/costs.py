@@ -372,7 +372,7 @@ def _isolated(module: nn.Module, shape, stride, config: str):
     saved: list[torch.Tensor] = []
     try:
         with saved_tensors_hooks(lambda t: saved.append(t) or t, _identity):
-            with FlopCounterMode(display=False) as counter:
+            with _flop_counter() as counter:
                 out = module(x)
                 fwd = counter.get_total_flops()
                 if out.requires_grad:
@@ -404,6 +404,32 @@ def _isolated(module: nn.Module, shape, stride, config: str):
 def _per_image(t: torch.Tensor) -> bool:
     """Does a tensor saved in a batch-of-one pass have a batch dimension? (BatchNorm's (C,) statistics do not.)"""
     return t.dim() >= 2 and t.shape[0] == 1
+
+
+class _NoModuleTracking:
+    """Stands in for FlopCounterMode's per-module breakdown, which we do not use.
+
+    That breakdown (`torch.utils.module_tracker.ModuleTracker`) registers
+    *global* module forward hooks while the counter is active: they fire in
+    every thread, a training worker's included, and its bookkeeping can raise
+    there ("The Module hierarchy tracking is wrong") when two threads run
+    modules at once. Only the "Global" total is needed here.
+    """
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args) -> None:
+        return None
+
+
+def _flop_counter() -> FlopCounterMode:
+    """A FlopCounterMode that counts the total only and touches no global module hooks (thread-safe)."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracking()
+    return counter
 
 
 def _module_key(module: nn.Module):
@@ -607,12 +633,12 @@ def measure_exact(
 
     x = torch.empty(batch_size, 3, *image_size, device="meta")
     with saved_tensors_hooks(pack, _identity):
-        with FlopCounterMode(display=False) as counter:
+        with _flop_counter() as counter:
             out = model(x)
         fwd = counter.get_total_flops()
         bwd = 0
         if out.requires_grad:
-            with FlopCounterMode(display=False) as counter:
+            with _flop_counter() as counter:
                 out.backward(torch.empty_like(out))
             bwd = counter.get_total_flops()
     return ExactCosts(fwd // batch_size, bwd // batch_size, sum(saved.values()))

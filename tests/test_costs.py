@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import torch
 
 from core.costs import (
     Costs,
@@ -182,3 +183,15 @@ def test_human_units():
     assert human_bytes(3 * 1024**3) == "3.0 GiB"
     assert human_flops(3.9e9) == "3.90 GFLOP"
     assert human_flops(12) == "12 FLOP"
+
+
+def test_counting_flops_registers_no_global_module_hooks():
+    # FlopCounterMode's module tracker would hook every module call in every thread (a training worker's too)
+    from torch.nn.modules import module as module_globals
+
+    from core.costs import _flop_counter
+
+    with _flop_counter() as counter:
+        assert not module_globals._global_forward_pre_hooks and not module_globals._global_forward_hooks
+        torch.nn.Linear(4, 3, device="meta")(torch.empty(2, 4, device="meta"))
+    assert counter.get_total_flops() == 2 * 2 * 4 * 3
