@@ -1,0 +1,273 @@
+"""Model page: pick a classifier and its weights, tick the layers to train, see what it costs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import codegen, costs
+from core.config import data_dir
+from core.freezing import layer_tree, preflight, preset_frozen, preset_label, presets_for, set_frozen, stages
+from core.models import (
+    CATALOG,
+    CheckpointError,
+    LoadReport,
+    WeightsUnavailableError,
+    arch_spec,
+    build_skeleton,
+    checkpoint_report,
+    download_imagenet_weights,
+    imagenet_available,
+    read_state_dict,
+    run_state_dict,
+)
+from core.runs import RunStore
+from ui.state import draft, update_draft
+from ui.tree import apply_edits, group_table, groups_of, overview_table
+
+WEIGHT_SOURCES = {
+    "imagenet": "ImageNet (torchvision)",
+    "none": "None (random init)",
+    "checkpoint": "Checkpoint file",
+    "run": "An earlier run",
+}
+
+
+@st.cache_resource(max_entries=16)
+def tree_for(arch: str, num_classes: int, size: tuple[int, int]):
+    """Layer tree (with output shapes) and trunk stages; immutable, shared by all sessions."""
+    skeleton = build_skeleton(arch, num_classes)
+    return layer_tree(skeleton, arch, size), stages(skeleton, arch)
+
+
+@st.cache_resource(max_entries=16)
+def profile_for(arch: str, num_classes: int, size: tuple[int, int]):
+    return costs.cost_profile(arch, num_classes, size)
+
+
+@st.cache_data(max_entries=32, show_spinner="Reading the run's weights…")
+def run_report(run_id: str, arch: str, num_classes: int) -> dict:
+    state, source = run_state_dict(run_id, arch)
+    return checkpoint_report(build_skeleton(arch, num_classes), arch, state, source=source).to_dict()
+
+
+def skeleton(arch: str, num_classes: int):
+    """This tab's own meta-device model, for checks that set requires_grad (never shared)."""
+    key = (arch, num_classes)
+    if st.session_state.get("model_skeleton_key") != key:
+        st.session_state["model_skeleton"] = build_skeleton(arch, num_classes)
+        st.session_state["model_skeleton_key"] = key
+    return st.session_state["model_skeleton"]
+
+
+def set_frozen_choice(frozen, preset: str) -> None:
+    update_draft(frozen=tuple(frozen), preset=preset)
+    st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
+
+
+def apply_tree_edits(tree) -> None:
+    """Fold the checkbox edits of the last interaction into the draft, before anything renders."""
+    version = st.session_state.get("tree_version", 0)
+    for key, targets in st.session_state.get("tree_targets", {}).items():
+        if not key.endswith(f"@{version}"):
+            continue
+        edits = (st.session_state.get(key) or {}).get("edited_rows")
+        if edits:
+            set_frozen_choice(apply_edits(tree, draft().frozen, targets, edits), "custom")
+            return
+
+
+st.title("Model")
+st.caption("Pick a pretrained classifier, tick what to train, and see what that choice costs before training.")
+
+cfg = draft()
+
+# --- architecture, weights, classes, input size -------------------------------------------
+c_arch, c_weights, c_classes, c_h, c_w = st.columns([2, 2, 1, 1, 1])
+arch = c_arch.selectbox(
+    "Architecture", list(CATALOG), index=list(CATALOG).index(cfg.arch),
+    format_func=lambda a: CATALOG[a].label, key="model_arch",
+)
+source_kind = "run" if cfg.weights.startswith("run:") else cfg.weights if cfg.weights in ("imagenet", "none") else "checkpoint"
+source = c_weights.selectbox(
+    "Weights", list(WEIGHT_SOURCES), index=list(WEIGHT_SOURCES).index(source_kind),
+    format_func=WEIGHT_SOURCES.get, key="model_weights",
+    help="Where the starting weights come from. Without network access use random init, a checkpoint, "
+         "or an earlier run (e.g. a backbone pretrained on the demo-source dataset).",
+)
+classes = st.session_state.get("dataset_classes")
+num_classes = c_classes.number_input(
+    "Classes", min_value=2, max_value=10_000, value=cfg.num_classes, step=1, key="model_classes",
+    disabled=classes is not None,
+    help="Size of the new head. Follows the dataset chosen on the Data page." if classes else "Size of the new head.",
+)
+height = c_h.number_input("Height", 16, 1024, cfg.image_size[0], step=16, key="model_h", help="Input height in pixels")
+width = c_w.number_input("Width", 16, 1024, cfg.image_size[1], step=16, key="model_w", help="Input width in pixels")
+
+if arch != cfg.arch:
+    cfg = update_draft(arch=arch, frozen=(), preset="full")
+    st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
+if classes is not None:
+    num_classes = len(classes)
+cfg = update_draft(num_classes=int(num_classes), image_size=(int(height), int(width)))
+
+# --- weights source details -----------------------------------------------------------------
+report = None
+if source == "imagenet":
+    cfg = update_draft(weights="imagenet")
+    if imagenet_available(arch):
+        st.caption(f":material/check_circle: ImageNet weights for {CATALOG[arch].label} are in the local cache.")
+    elif st.button("Download ImageNet weights", icon=":material/download:", key="model_download"):
+        bar = st.progress(0.0, text="Downloading…")
+        try:
+            download_imagenet_weights(arch, lambda done, total: bar.progress(
+                done / total if total else 0.0, text=f"Downloading… {done / 2**20:.0f} MB"))
+            bar.progress(1.0, text="Downloaded")
+        except WeightsUnavailableError as exc:
+            bar.empty()
+            st.error(str(exc), icon=":material/cloud_off:")
+    else:
+        st.caption("ImageNet weights are not cached yet; they download once (with progress) before training.")
+elif source == "none":
+    cfg = update_draft(weights="none")
+elif source == "checkpoint":
+    c_up, c_path = st.columns(2)
+    upload = c_up.file_uploader("Upload a state dict", type=["pt", "pth", "safetensors"], key="model_ckpt_upload")
+    typed = c_path.text_input("…or a checkpoint path on the server", key="model_ckpt_path")
+    try:
+        if upload is not None:
+            state = read_state_dict(upload.getvalue())
+            target = data_dir() / "checkpoints" / upload.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(upload.getvalue())
+            cfg = update_draft(weights=str(target))
+        elif typed:
+            state = read_state_dict(typed)
+            cfg = update_draft(weights=typed)
+        else:
+            state = None
+        if state is not None:
+            report = checkpoint_report(skeleton(arch, cfg.num_classes), arch, state, source=cfg.weights)
+    except (CheckpointError, OSError) as exc:
+        st.error(str(exc), icon=":material/error:")
+elif source == "run":
+    finished = [r for r in RunStore().list() if r.status == "finished" and r.config.arch == arch]
+    if not finished:
+        st.info(f"No finished {CATALOG[arch].label} run yet. Train one (e.g. full fine-tune on demo-source) "
+                "and its weights appear here.", icon=":material/info:")
+    else:
+        ids = [r.id for r in finished]
+        current = cfg.weights.removeprefix("run:")
+        run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0, key="model_run",
+                              format_func=lambda i: next(f"{r.name} ({r.id})" for r in finished if r.id == i))
+        cfg = update_draft(weights=f"run:{run_id}")
+        try:
+            report = LoadReport.from_dict(run_report(run_id, arch, cfg.num_classes))
+        except CheckpointError as exc:
+            st.error(str(exc), icon=":material/error:")
+
+try:
+    tree, trunk = tree_for(arch, cfg.num_classes, cfg.image_size)
+except ValueError as exc:
+    st.error(str(exc), icon=":material/error:")
+    st.stop()
+apply_tree_edits(tree)
+cfg = draft()
+
+# --- presets --------------------------------------------------------------------------------
+st.subheader("What trains")
+preset_cols = st.columns([1, 1, 1, 1, 2])
+for col, preset in zip(preset_cols, [p for p in presets_for(arch) if p != "last"]):
+    if col.button(preset_label(preset), key=f"preset_{preset}", width="stretch",
+                  type="primary" if cfg.preset == preset else "secondary"):
+        set_frozen_choice(preset_frozen(skeleton(arch, cfg.num_classes), arch, preset), preset)
+with preset_cols[-1]:
+    n_blocks = st.slider("Last N blocks", 0, len(trunk), 2, key="preset_last_n",
+                         help=f"Train the last N of {len(trunk)} blocks ({', '.join(s.name for s in trunk)}) and everything after them.")
+    if st.button(f"Train the last {n_blocks} blocks", key="preset_last", width="stretch",
+                 type="primary" if cfg.preset == f"last{n_blocks}" else "secondary"):
+        set_frozen_choice(preset_frozen(skeleton(arch, cfg.num_classes), arch, f"last{n_blocks}"), f"last{n_blocks}")
+cfg = draft()
+
+has_bn = any(n.kind.startswith("BatchNorm") for n in tree.nodes)
+if has_bn:
+    bn_eval = st.toggle("Frozen BatchNorm layers stay in eval mode (running statistics do not move)",
+                        value=cfg.bn_frozen_eval, key="model_bn_eval")
+    cfg = update_draft(bn_frozen_eval=bn_eval)
+
+# --- counts -----------------------------------------------------------------------------------
+trainable, frozen_count = tree.counts(cfg.frozen)
+total = trainable + frozen_count
+m1, m2, m3 = st.columns(3)
+m1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of all", delta_color="off")
+m2.metric("Frozen parameters", f"{frozen_count:,}", f"{frozen_count / total:.1%} of all", delta_color="off")
+m3.metric("Strategy", preset_label(cfg.preset))
+st.progress(trainable / total, text=f"{trainable / total:.1%} of the parameters train")
+
+model = skeleton(arch, cfg.num_classes)
+set_frozen(model, cfg.frozen)
+problems = [c for c in preflight(model, arch, cfg.bn_frozen_eval) if not c.ok]
+for check in problems:
+    st.warning(f"**{check.name}?** {check.detail}", icon=":material/warning:")
+
+tab_tree, tab_cost, tab_code = st.tabs(["Layers", "Cost", "PyTorch code"])
+
+# --- the tree ---------------------------------------------------------------------------------
+with tab_tree:
+    version = st.session_state.get("tree_version", 0)
+    targets: dict[str, list] = {}
+    column_config = {
+        "train": st.column_config.CheckboxColumn("Train", help="Tick to train this layer (and all under it)"),
+        "params": st.column_config.NumberColumn("Params", format="localized"),
+        "trainable": st.column_config.NumberColumn("Trainable", format="localized"),
+    }
+    groups = groups_of(tree, trunk)
+    df, targets[f"tree_overview@{version}"] = overview_table(tree, groups, cfg.frozen)
+    st.data_editor(df, key=f"tree_overview@{version}", hide_index=True, width="stretch",
+                   column_config=column_config, disabled=[c for c in df.columns if c != "train"])
+    st.caption("Blocks of the network, in forward order. Open a block to tick single layers.")
+    for group, row in zip(groups, df.itertuples()):
+        with st.expander(f"{group.name} — {row.state} · {row.trainable:,} / {row.params:,} trainable"):
+            gdf, targets[f"tree_{group.name}@{version}"] = group_table(tree, group, cfg.frozen, report)
+            st.data_editor(gdf, key=f"tree_{group.name}@{version}", hide_index=True, width="stretch",
+                           column_config=column_config, disabled=[c for c in gdf.columns if c != "train"])
+    st.session_state["tree_targets"] = targets
+
+    if report is not None:
+        with st.expander(f"Checkpoint load report — {report.summary()}", expanded=not report.ok):
+            st.write(f"Source: `{report.source}`")
+            if report.mismatched:
+                st.markdown("**Shape-mismatched** (skipped, the model keeps its fresh values):")
+                st.dataframe([{"key": k, "checkpoint": str(a), "model": str(b)} for k, a, b in report.mismatched],
+                             hide_index=True)
+            if report.missing:
+                st.markdown("**Missing** (not in the checkpoint):  \n" + ", ".join(f"`{k}`" for k in report.missing[:50]))
+            if report.unexpected:
+                st.markdown("**Unexpected** (not in the model):  \n" + ", ".join(f"`{k}`" for k in report.unexpected[:50]))
+
+# --- cost -------------------------------------------------------------------------------------
+with tab_cost:
+    profile = profile_for(arch, cfg.num_classes, cfg.image_size)
+    options = dict(optimizer=cfg.optimizer, batch_size=cfg.batch_size, precision="fp32", bn_frozen_eval=cfg.bn_frozen_eval)
+    mine = costs.estimate(profile, cfg.frozen, **options)
+    full = costs.estimate(profile, (), **options)
+    ratio = costs.compare_to_full(mine, full)
+    st.markdown(
+        f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
+        f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "
+        f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, fp32)."
+    )
+    st.dataframe(
+        pd.DataFrame({
+            "": [r["quantity"] for r in mine.to_rows()],
+            "This choice": [r["value"] for r in mine.to_rows()],
+            "Full fine-tune": [r["value"] for r in full.to_rows()],
+        }),
+        hide_index=True, width="stretch",
+    )
+    st.caption("FLOPs counted with torch.utils.flop_counter; activation memory is what autograd saves for "
+               "backward, measured with saved-tensor hooks on the model's structure (no compute).")
+
+# --- code -------------------------------------------------------------------------------------
+with tab_code:
+    st.code(codegen.generate_code(cfg), language="python", line_numbers=True)

@@ -1,0 +1,125 @@
+"""AppTest for the Model page: pick a model, tick boxes, apply presets."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.config import RunConfig
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "model.py")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+
+
+def open_page(arch="resnet18", **changes) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["draft"] = RunConfig(arch=arch, num_classes=10, image_size=(64, 64), **changes)
+    return at.run()
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def trainable(at: AppTest) -> int:
+    return int(metric(at, "Trainable parameters").replace(",", ""))
+
+
+def test_page_renders_tree_cost_and_code():
+    at = open_page()
+    assert not at.exception
+    assert trainable(at) == 11_181_642  # resnet18 with a 10-class head, full fine-tune
+    overview = at.data_editor(key="tree_overview@0").value
+    assert list(overview["layer"]) == ["stem", "layer1", "layer2", "layer3", "layer4", "classifier"]
+    assert "model.fc = nn.Linear" in at.code[0].value
+    assert any("of the compute" in m.value for m in at.markdown)
+
+
+def test_ticking_a_box_changes_the_counts():
+    at = open_page()
+    before = trainable(at)
+    # untick "layer1" in the overview table (row 1)
+    at.session_state["tree_overview@0"] = {"edited_rows": {1: {"train": False}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception
+    after = trainable(at)
+    assert before - after == 147_968  # layer1 of ResNet-18
+    assert at.session_state["draft"].frozen == ("layer1",)
+    assert at.session_state["draft"].preset == "custom"
+    # the single-layer table of layer1 now shows it frozen
+    layer1 = at.data_editor(key="tree_layer1@1").value
+    assert not layer1["train"].any()
+    # tick one conv back inside layer1: partial
+    row = list(layer1["path"]).index("layer1.0.conv1")
+    at.session_state["tree_layer1@1"] = {"edited_rows": {row: {"train": True}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert trainable(at) == after + 36_864
+    assert "partial" in at.data_editor(key="tree_overview@2").value["state"][1]
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("full", 139_611_210), ("head", 40_970), ("classifier", 119_586_826), ("fc1_fc2", 119_586_826),
+])
+def test_vgg19_presets(preset, expected):
+    at = open_page("vgg19", preset="head")
+    at.button(key=f"preset_{preset}").click().run()
+    assert not at.exception
+    assert trainable(at) == expected
+    assert at.session_state["draft"].preset == preset
+
+
+def test_last_n_blocks_preset_and_bn_switch():
+    at = open_page("resnet50")
+    at.slider(key="preset_last_n").set_value(2).run()
+    at.button(key="preset_last").click().run()
+    assert not at.exception
+    assert at.session_state["draft"].frozen == ("conv1", "bn1", "layer1", "layer2")
+    at.toggle(key="model_bn_eval").set_value(False).run()
+    assert at.session_state["draft"].bn_frozen_eval is False
+    assert any("running statistics" in w.value for w in at.warning)
+
+
+def test_non_square_input_shows_output_shapes():
+    at = open_page("vgg19")
+    at.number_input(key="model_h").set_value(448).run()
+    at.number_input(key="model_w").set_value(224).run()
+    block5 = at.data_editor(key="tree_overview@0").value
+    assert block5["output"][4] == "512×14×7"
+
+
+def test_preflight_warns_when_the_head_is_frozen():
+    at = open_page(frozen=("fc",), preset="custom")
+    assert any("New head trains" in w.value for w in at.warning)
+
+
+def test_too_small_input_is_a_message_not_an_exception():
+    at = open_page("alexnet")
+    at.number_input(key="model_h").set_value(16).run()
+    assert not at.exception
+    assert any("too small" in e.value for e in at.error)
+
+
+def test_checkpoint_path_report(tmp_path):
+    import torch
+
+    from core.models import build_model
+
+    path = tmp_path / "r18.pt"
+    torch.save(build_model("resnet18", 3).state_dict(), path)
+    at = open_page()
+    at.selectbox(key="model_weights").set_value("checkpoint").run()
+    at.text_input(key="model_ckpt_path").input(str(path)).run()
+    assert not at.exception
+    assert at.session_state["draft"].weights == str(path)
+    assert any("shape-mismatched" in e.label for e in at.expander)
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    at.text_input(key="model_ckpt_path").input(str(bad)).run()
+    assert not at.exception
+    assert at.error
