@@ -1,0 +1,170 @@
+"""Train page: start a short fine-tuning run with the current choice and watch it live."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
+from core.freezing import layer_tree, preset_label
+from core.models import arch_spec, build_skeleton, imagenet_available
+from ui import charts
+from ui.manager import get_manager, session_owner
+from ui.state import draft, update_draft
+
+manager = get_manager()
+cfg = draft()
+
+st.title("Train")
+
+# --- what will be trained -----------------------------------------------------------------
+tree = layer_tree(build_skeleton(cfg.arch, cfg.num_classes), cfg.arch)
+trainable, frozen = tree.counts(cfg.frozen)
+with st.container(border=True):
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Model", arch_spec(cfg.arch).label, cfg.weights if not cfg.weights.startswith("run:") else "weights of " + cfg.weights, delta_color="off")
+    c2.metric("Strategy", preset_label(cfg.preset), f"{trainable:,} trainable", delta_color="off")
+    c3.metric("Dataset", cfg.dataset, f"{cfg.num_classes} classes", delta_color="off")
+    c4.metric("Input", f"{cfg.image_size[0]}×{cfg.image_size[1]}", "BN frozen in eval" if cfg.bn_frozen_eval else "BN stats update", delta_color="off")
+    st.caption("Change the model and its layers on the Model page, the dataset on the Data page.")
+
+if cfg.weights == "imagenet" and not imagenet_available(cfg.arch):
+    st.info("ImageNet weights are not cached here and are downloaded when the run starts. Offline? "
+            "Pretrain a small backbone on the built-in demo world first, then use its weights.",
+            icon=":material/cloud_off:")
+if st.button("Pretrain a demo backbone (ResNet-18, full fine-tune on demo-source, 3 epochs, 64 px)",
+             icon=":material/bolt:", key="train_pretrain_demo"):
+    backbone = RunConfig(arch="resnet18", weights="none", num_classes=6, dataset="demo-source", preset="full",
+                         image_size=(64, 64), epochs=3, batch_size=32, lr=0.01)
+    run_id = manager.submit(backbone, owner=session_owner(), name="demo backbone · resnet18 · demo-source")
+    # The queue runs in order: a target run submitted next starts once the backbone is trained.
+    update_draft(arch="resnet18", weights=f"run:{run_id}", dataset="demo-target", num_classes=4, frozen=(),
+                 preset="full", image_size=(64, 64))
+    st.session_state.pop("dataset_classes", None)
+    st.query_params["run"] = run_id
+    st.rerun()
+
+# --- hyper-parameters -----------------------------------------------------------------------
+with st.form("train_form"):
+    st.subheader("Hyper-parameters")
+    a, b, c, d = st.columns(4)
+    optimizer = a.selectbox("Optimizer", OPTIMIZERS, OPTIMIZERS.index(cfg.optimizer), key="train_optimizer",
+                            help="SGD uses momentum 0.9")
+    lr = b.number_input("Learning rate (head)", 1e-6, 10.0, cfg.lr, format="%.5f", key="train_lr")
+    mult = c.number_input("Backbone rate multiplier", 0.0, 10.0, cfg.backbone_lr_mult, step=0.05, key="train_mult",
+                          help="Unfrozen pretrained layers learn at rate × this (discriminative rates)")
+    wd = d.number_input("Weight decay", 0.0, 1.0, cfg.weight_decay, format="%.5f", key="train_wd")
+    a, b, c, d = st.columns(4)
+    epochs = a.number_input("Epochs", 1, 1000, cfg.epochs, key="train_epochs")
+    batch = b.number_input("Batch size", 1, 4096, cfg.batch_size, key="train_batch")
+    scheduler = c.selectbox("Scheduler", SCHEDULERS, SCHEDULERS.index(cfg.scheduler), key="train_scheduler",
+                            help="Stepped once per epoch")
+    seed = d.number_input("Seed", 0, 2**31 - 1, cfg.seed, key="train_seed")
+    a, b, c, d = st.columns(4)
+    precision = a.selectbox("Precision", PRECISIONS, PRECISIONS.index(cfg.precision), key="train_precision",
+                            help="auto: bf16 autocast on a CUDA GPU that supports it, else fp32")
+    augment = b.multiselect("Augmentation", AUGMENTATIONS, list(cfg.augment), key="train_augment",
+                            help="Random resized crop, horizontal flip, colour jitter — on the device, per batch. "
+                                 "Augmentation turns the feature cache off.")
+    unfreeze_after = c.number_input("Gradual unfreezing after", 0, 999, cfg.unfreeze_after, key="train_unfreeze",
+                                    help="0 = off. k > 0 trains only the head for k epochs, then the chosen layers too.")
+    name = d.text_input("Run name", "", key="train_name", placeholder="default: model · strategy · dataset")
+    submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+
+if submitted:
+    try:
+        cfg = update_draft(optimizer=optimizer, lr=float(lr), backbone_lr_mult=float(mult), weight_decay=float(wd),
+                           epochs=int(epochs), batch_size=int(batch), scheduler=scheduler, seed=int(seed),
+                           precision=precision, augment=tuple(augment), unfreeze_after=int(unfreeze_after))
+        run_id = manager.submit(cfg, owner=session_owner(), name=name or None)
+    except ValueError as exc:
+        st.error(str(exc), icon=":material/error:")
+    else:
+        st.query_params["run"] = run_id
+        st.rerun()
+
+
+# --- the run --------------------------------------------------------------------------------
+def live_view(run_id: str) -> None:
+    snap = manager.snapshot(run_id)
+    if snap is None:
+        st.warning(f"There is no run {run_id!r}.")
+        return
+    st.subheader(f"Run: {snap.name}")
+    st.caption(f"id `{snap.id}` · {snap.status}")
+    classes = snap.info.get("classes") or snap.summary.get("classes") or []
+
+    if snap.status == "queued":
+        st.info(f"Queued: position {snap.queue_position} — one run trains at a time on this device.",
+                icon=":material/hourglass_top:")
+    elif snap.status == "running":
+        eta = f" · about {snap.eta_s:.0f} s left" if snap.eta_s is not None else ""
+        st.progress(snap.progress, text=f"Epoch {min(snap.epoch + 1, snap.epochs or 1)}/{snap.epochs} · "
+                                        f"step {snap.step}/{snap.total_steps or '?'}{eta}")
+    if not snap.done and st.button("Stop", icon=":material/stop:", key="train_stop"):
+        manager.cancel(run_id)
+        st.rerun()
+
+    if snap.status == "failed":
+        st.error(f"**This run failed.** {snap.reason}", icon=":material/error:")
+        trace = manager.store.read_traceback(run_id)
+        if trace:
+            with st.expander("Traceback"):
+                st.code(trace, language="text")
+    elif snap.status in ("cancelled", "interrupted"):
+        st.warning(f"**This run was {snap.status}.** {snap.reason or ''} Its metrics so far are kept.",
+                   icon=":material/stop_circle:")
+
+    epochs = snap.metrics.get("epochs", [])
+    last = epochs[-1] if epochs else None
+    if last:
+        k1, k2, k3, k4 = st.columns(4)
+        k1.metric("Validation accuracy", f"{last['val_acc']:.1%}")
+        k2.metric("Train accuracy", f"{last['train_acc']:.1%}")
+        k3.metric("Images / s", f"{last['images_per_s']:.0f}")
+        k4.metric("Peak memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB")
+    cache = snap.info.get("feature_cache") or snap.summary.get("feature_cache")
+    if cache:
+        st.caption(f":material/memory: Feature cache: " + (
+            f"on — the frozen prefix up to `{cache.get('prefix')}` is computed once" if cache.get("used")
+            else f"off — {cache.get('reason')}"))
+
+    left, right = st.columns(2)
+    left.plotly_chart(charts.loss_figure(snap.metrics), key="train_loss_chart", width="stretch")
+    right.plotly_chart(charts.accuracy_figure(snap.metrics), key="train_acc_chart", width="stretch")
+    left.plotly_chart(charts.per_class_figure(last, classes), key="train_class_chart", width="stretch")
+    right.plotly_chart(charts.confusion_figure(last, classes), key="train_confusion_chart", width="stretch")
+
+    audit = snap.summary.get("freeze_audit")
+    if snap.status == "finished" and audit:
+        if audit.get("ok"):
+            st.success(f"Freeze audit passed: {audit['checked_tensors']} frozen tensors are bit-identical to "
+                       "their starting values.", icon=":material/verified:")
+        else:
+            st.error(f"Freeze audit failed: {len(audit['changed'])} frozen tensors changed: "
+                     + ", ".join(audit["changed"][:10]), icon=":material/gpp_bad:")
+
+    if snap.done and st.session_state.get("train_live") == run_id:
+        st.session_state.pop("train_live")
+        st.rerun()  # a full rerun turns the fragment's timer off
+
+
+run_id = st.query_params.get("run")
+recent = manager.store.list()[:20]
+if recent:
+    ids = [r.id for r in recent]
+    if run_id and run_id not in ids and manager.store.exists(run_id):
+        ids.insert(0, run_id)
+        recent.insert(0, manager.store.load(run_id))
+    chosen = st.selectbox("Show run", ids, index=ids.index(run_id) if run_id in ids else 0, key="train_show",
+                          format_func=lambda i: next(f"{r.name} — {r.status} ({r.id})" for r in recent if r.id == i))
+    if chosen != run_id:
+        st.query_params["run"] = run_id = chosen
+
+if run_id:
+    snap = manager.snapshot(run_id, with_metrics=False)
+    running = snap is not None and not snap.done
+    if running:
+        st.session_state["train_live"] = run_id
+    st.fragment(live_view, run_every=1.0 if running else None)(run_id)
+else:
+    st.info("No run yet. Set the hyper-parameters and start one.", icon=":material/info:")

@@ -1,0 +1,81 @@
+"""AppTest for the Train page: start a tiny run, poll it to the end, stop another."""
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.config import RunConfig
+from tests.test_training import draw_folder
+from ui.manager import get_manager
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "train.py")
+
+
+@pytest.fixture
+def folder(tmp_path_factory):
+    return draw_folder(tmp_path_factory.mktemp("shapes"), per_class=8)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+    get_manager.clear()  # a fresh JobManager on this test's runs directory
+    yield
+    get_manager().shutdown(wait=True, timeout=30)
+    get_manager.clear()
+
+
+def open_page(folder, **changes) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["draft"] = RunConfig(
+        arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32), batch_size=8,
+        epochs=1, preset="head", frozen=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"), **changes)
+    return at.run()
+
+
+def poll_until(at: AppTest, done, timeout=60) -> AppTest:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()  # run_every timers never fire in AppTest: rerun by hand
+        if done(at):
+            return at
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def test_start_a_run_and_see_it_finish(folder):
+    at = open_page(folder)
+    assert not at.exception
+    at.number_input(key="train_epochs").set_value(2)
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    assert not at.exception
+    run_id = at.query_params["run"][0] if isinstance(at.query_params["run"], list) else at.query_params["run"]
+    at = poll_until(at, lambda a: any("Freeze audit passed" in s.value for s in a.success))
+    assert not at.exception
+    assert get_manager().store.load(run_id).status == "finished"
+    labels = [m.label for m in at.metric]
+    assert "Validation accuracy" in labels and "Images / s" in labels
+    assert any("Feature cache: on" in c.value for c in at.caption)
+
+
+def test_bad_hyper_parameters_are_a_message(folder):
+    at = open_page(folder, unfreeze_after=0)
+    at.number_input(key="train_unfreeze").set_value(5)  # past the last epoch
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    assert not at.exception
+    assert any("gradual unfreezing" in e.value for e in at.error)
+    assert not get_manager().store.list()
+
+
+def test_stop_a_run(folder):
+    at = open_page(folder)
+    at.number_input(key="train_epochs").set_value(50)
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    at = poll_until(at, lambda a: any(b.key == "train_stop" for b in a.button))
+    at.button(key="train_stop").click().run()
+    at = poll_until(at, lambda a: any("cancelled" in w.value for w in a.warning))
+    assert not at.exception
+    assert get_manager().store.list()[0].status == "cancelled"
