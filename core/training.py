@@ -292,8 +292,8 @@ class Feeder:
         self.channels_last = device.type == "cuda"
 
     def gather(self, x: Tensor, idx: Tensor) -> Tensor:
-        if x.device == self.device:
-            return x[idx.to(self.device)]
+        if x.device.type == self.device.type:  # resident on the device: gather there
+            return x[idx.to(x.device)]
         return x[idx].pin_memory().to(self.device, non_blocking=True)  # host-resident: copy asynchronously
 
     def images(self, x: Tensor, idx: Tensor, train: bool) -> Tensor:
@@ -584,7 +584,9 @@ def train(
     """
     t_start = time.perf_counter()
     config.validate()
-    device = device or pick_device()
+    device = torch.device(device or pick_device())
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # so tensors' .device compares equal
     runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
     fault = _Fault(os.environ.get(FAULT_ENV))
     shuffle_gen = torch.Generator().manual_seed(config.seed)

@@ -350,3 +350,18 @@ def test_chain_prefix_output_feeds_the_tail(folder):
     with torch.no_grad():
         assert torch.equal(run_chain(steps[6:], run_chain(steps[:6], x)), model(x))
     assert isinstance(steps[-1][1], nn.Linear)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["head", "last1"])
+def test_cuda_run_bf16_channels_last(folder, tmp_path, preset):
+    for augment in ((), ("crop", "flip", "jitter")):
+        monitor = Recorder()
+        config = config_for(folder, preset, augment=augment)
+        result = train(config, monitor, device=torch.device("cuda"), runs_dir=tmp_path / "runs")
+        summary = result.summary
+        assert summary["device"].startswith("cuda") and summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+        assert summary["freeze_audit"]["ok"] and summary["freeze_audit"]["checked_tensors"] > 0
+        assert summary["feature_cache"]["used"] == (not augment)
+        assert summary["peak_mem_bytes"] > 0 and all(math.isfinite(loss) for loss in monitor.losses)
+        assert all(t.device.type == "cpu" for t in result.state_dict.values())
