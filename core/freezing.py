@@ -88,10 +88,20 @@ def stages(model: nn.Module, arch: str) -> list[Stage]:
 
 PRESET_LABELS = {
     "full": "Full fine-tune",
-    "head": "Head only (feature extractor)",
-    "classifier": "Classifier only (conv trunk frozen)",
-    "fc1_fc2": "FC1 + FC2 + new head (VGG)",
+    "head": "Head only",
+    "classifier": "Classifier only",
+    "fc1_fc2": "FC1 + FC2 + head",
     "last": "Last N blocks",
+}
+
+PRESET_HELP = {
+    "full": "Train every layer, starting from the chosen weights.",
+    "head": "Feature extractor: everything frozen except the new last layer.",
+    "classifier": "The convolutional trunk is frozen; the whole classifier (or fc) trains, "
+                  "as in freezing AlexNet's `features`.",
+    "fc1_fc2": "VGG: FC1 (classifier.0) and FC2 (classifier.3) fine-tune with the new head (classifier.6); "
+               "the convolutional features are frozen.",
+    "last": "Train the last N blocks of the trunk and everything after them.",
 }
 
 

@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import codegen, costs
 from core.config import data_dir
-from core.freezing import layer_tree, preflight, preset_frozen, preset_label, presets_for, set_frozen, stages
+from core.freezing import PRESET_HELP, layer_tree, preflight, preset_frozen, preset_label, presets_for, set_frozen, stages
 from core.models import (
     CATALOG,
     CheckpointError,
@@ -176,17 +176,21 @@ cfg = draft()
 
 # --- presets --------------------------------------------------------------------------------
 st.subheader("What trains")
+def choose_preset(preset: str) -> None:
+    set_frozen_choice(preset_frozen(skeleton(arch, cfg.num_classes), arch, preset), preset)
+
+
 preset_cols = st.columns([1, 1, 1, 1, 2])
 for col, preset in zip(preset_cols, [p for p in presets_for(arch) if p != "last"]):
-    if col.button(preset_label(preset), key=f"preset_{preset}", width="stretch",
-                  type="primary" if cfg.preset == preset else "secondary"):
-        set_frozen_choice(preset_frozen(skeleton(arch, cfg.num_classes), arch, preset), preset)
+    col.button(preset_label(preset), key=f"preset_{preset}", width="stretch", help=PRESET_HELP[preset],
+               type="primary" if cfg.preset == preset else "secondary", on_click=choose_preset, args=(preset,))
 with preset_cols[-1]:
-    n_blocks = st.slider("Last N blocks", 0, len(trunk), 2, key="preset_last_n",
-                         help=f"Train the last N of {len(trunk)} blocks ({', '.join(s.name for s in trunk)}) and everything after them.")
-    if st.button(f"Train the last {n_blocks} blocks", key="preset_last", width="stretch",
-                 type="primary" if cfg.preset == f"last{n_blocks}" else "secondary"):
-        set_frozen_choice(preset_frozen(skeleton(arch, cfg.num_classes), arch, f"last{n_blocks}"), f"last{n_blocks}")
+    n_blocks = st.slider("Last N blocks", 0, len(trunk), min(2, len(trunk)), key="preset_last_n",
+                         help=f"Train the last N of {len(trunk)} blocks ({', '.join(s.name for s in trunk)}) "
+                              "and everything after them.")
+    st.button(f"Train the last {n_blocks} blocks", key="preset_last", width="stretch",
+              type="primary" if cfg.preset == f"last{n_blocks}" else "secondary",
+              on_click=choose_preset, args=(f"last{n_blocks}",))
 cfg = draft()
 
 has_bn = any(n.kind.startswith("BatchNorm") for n in tree.nodes)
@@ -199,8 +203,8 @@ if has_bn:
 trainable, frozen_count = tree.counts(cfg.frozen)
 total = trainable + frozen_count
 m1, m2, m3 = st.columns(3)
-m1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of all", delta_color="off")
-m2.metric("Frozen parameters", f"{frozen_count:,}", f"{frozen_count / total:.1%} of all", delta_color="off")
+m1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of all", delta_color="off", delta_arrow="off")
+m2.metric("Frozen parameters", f"{frozen_count:,}", f"{frozen_count / total:.1%} of all", delta_color="off", delta_arrow="off")
 m3.metric("Strategy", preset_label(cfg.preset))
 st.progress(trainable / total, text=f"{trainable / total:.1%} of the parameters train")
 

@@ -15,7 +15,7 @@ import pandas as pd
 from core.freezing import LayerTree, Stage
 from core.models import LoadReport
 
-STATE_MARK = {"trainable": "🟢 trains", "frozen": "🧊 frozen", "partial": "◐ partial", "": "·"}
+STATE_MARK = {"trainable": "trains", "frozen": "frozen", "partial": "partial", "": "—"}
 
 
 @dataclass(frozen=True)

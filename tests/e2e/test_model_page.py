@@ -1,0 +1,53 @@
+"""The Model page in a real browser: pick a model, apply presets, tick a layer."""
+
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import wait_idle
+
+
+def choose(page, label: str, option: str) -> None:
+    page.get_by_test_id("stSelectbox").filter(has_text=label).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    wait_idle(page)
+
+
+def fill_number(page, label: str, value: int) -> None:
+    box = page.get_by_test_id("stNumberInput").filter(has_text=label).locator("input")
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def trainable_metric(page):
+    return page.get_by_test_id("stMetric").filter(has_text="Trainable parameters").get_by_test_id("stMetricValue")
+
+
+def test_vgg19_fc1_fc2_and_resnet50_last2(app_server, page, shots):
+    page.goto(app_server.url)
+    wait_idle(page)
+    expect(page.get_by_role("heading", name="Model")).to_be_visible()
+    expect(page.get_by_test_id("stSidebar")).to_contain_text("CPU")
+
+    choose(page, "Architecture", "VGG-19")
+    for label, value in [("Classes", 10), ("Height", 224), ("Width", 224)]:
+        fill_number(page, label, value)
+    page.get_by_role("button", name="FC1 + FC2 + head").click()
+    wait_idle(page)
+    expect(trainable_metric(page)).to_have_text("119,586,826")
+    page.screenshot(path=shots / "vgg19_fc1_fc2.png", full_page=True)
+    page.get_by_role("tab", name="Cost").click()
+    expect(page.get_by_text("of the compute")).to_contain_text("34%")
+    page.wait_for_timeout(500)
+    page.screenshot(path=shots / "vgg19_fc1_fc2_cost.png", full_page=True)
+    page.get_by_role("tab", name="PyTorch code").click()
+    page.wait_for_timeout(500)
+    page.screenshot(path=shots / "vgg19_fc1_fc2_code.png", full_page=True)
+
+    choose(page, "Architecture", "ResNet-50")
+    page.get_by_role("button", name="Train the last 2 blocks").click()
+    wait_idle(page)
+    expect(trainable_metric(page)).to_have_text("22,083,594")  # layer3 + layer4 + a 10-class fc
+    page.get_by_role("tab", name="Layers").click()
+    page.get_by_test_id("stExpander").filter(has_text="layer3").click()
+    wait_idle(page)
+    page.screenshot(path=shots / "resnet50_last2.png", full_page=True)
