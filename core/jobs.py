@@ -364,7 +364,11 @@ class JobManager:
     def __init__(self, store: RunStore, train_fn: TrainFn | None = None, device: torch.device | None = None) -> None:
         self.store = store
         self.device = device or pick_device()
-        self._train_fn = train_fn  # None: core.training.train, imported by the worker
+        if train_fn is None:
+            # Import the engine here, in the constructing thread: importing it (torchvision, pandas)
+            # from the worker raced with page threads that saw half-imported modules.
+            from core.training import train as train_fn
+        self._train_fn = train_fn
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, _Job] = {}  # queued, running and recently finished

@@ -408,3 +408,20 @@ def _until(condition, timeout=TIMEOUT):
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.002)
+
+
+def test_default_engine_is_imported_by_the_constructing_thread_not_the_worker(tmp_path):
+    """Regression: the worker used to import core.training (and with it pandas) lazily in its own
+    thread. A page thread that used plotly at that moment saw a half-imported pandas in sys.modules
+    ("partially initialized module 'pandas' has no attribute 'Series'") and crashed. The manager
+    now resolves the engine in the thread that builds it, before any worker exists."""
+    import sys
+
+    import core.training
+
+    manager = JobManager(RunStore(tmp_path / "runs"))
+    try:
+        assert manager._train_fn is core.training.train
+        assert "pandas" in sys.modules and hasattr(sys.modules["pandas"], "Series")
+    finally:
+        manager.shutdown()
