@@ -156,7 +156,8 @@ if recent:
         ids.insert(0, run_id)
         recent.insert(0, manager.store.load(run_id))
     chosen = st.selectbox("Show run", ids, index=ids.index(run_id) if run_id in ids else 0, key="train_show",
-                          format_func=lambda i: next(f"{r.name} — {r.status} ({r.id})" for r in recent if r.id == i))
+                          format_func=lambda i: next(f"{r.name} ({r.id})" for r in recent if r.id == i))
+    # (no status in the label: a keyed selectbox keeps showing its old label when only the label changes)
     if chosen != run_id:
         st.query_params["run"] = run_id = chosen
 
