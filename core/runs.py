@@ -283,10 +283,19 @@ class RunStore:
 
     # --- delete / restart -----------------------------------------------------------
     def delete(self, run_id: str) -> None:
-        """Remove a run and its files. ValueError for a queued or running run."""
+        """Remove a run and its files.
+
+        ValueError for a queued or running run, and for a run whose weights other runs start from.
+        """
         record = self.load(run_id)
         if record.status in ACTIVE:
             raise ValueError(f"run {run_id} is {record.status}: cancel it before deleting it")
+        dependents = [r.name for r in self.list() if r.config.weights == f"run:{run_id}"]
+        if dependents:
+            raise ValueError(
+                f"{len(dependents)} run(s) start from this run's weights ({', '.join(dependents[:3])}): "
+                "delete them first, or they could no longer be rebuilt."
+            )
         with self._lock:
             # Rename away first (atomic), then remove: readers never see half a run.
             trash = self.root / f".trash-{run_id}-{secrets.token_hex(4)}"

@@ -167,5 +167,20 @@ if run_id:
     if running:
         st.session_state["train_live"] = run_id
     st.fragment(live_view, run_every=1.0 if running else None)(run_id)
+    if snap is not None and not running:
+        with st.expander("Rename or delete this run"):
+            new_name = st.text_input("Name", snap.name, key=f"train_rename_{run_id}", max_chars=120)
+            c_rename, c_delete = st.columns(2)
+            if c_rename.button("Rename", key="train_rename", icon=":material/edit:") and new_name.strip():
+                manager.rename(run_id, new_name)
+                st.rerun()
+            if c_delete.button("Delete run", key="train_delete", icon=":material/delete:"):
+                try:
+                    manager.delete(run_id)
+                except ValueError as exc:
+                    st.error(str(exc), icon=":material/error:")
+                else:
+                    del st.query_params["run"]
+                    st.rerun()
 else:
     st.info("No run yet. Set the hyper-parameters and start one.", icon=":material/info:")

@@ -79,3 +79,17 @@ def test_stop_a_run(folder):
     at = poll_until(at, lambda a: any("cancelled" in w.value for w in a.warning))
     assert not at.exception
     assert get_manager().store.list()[0].status == "cancelled"
+
+
+def test_rename_and_delete_a_finished_run(folder):
+    at = open_page(folder)
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    run_id = get_manager().store.list()[0].id
+    get_manager().wait(run_id, timeout=60)
+    at.run()
+    at.text_input(key=f"train_rename_{run_id}").input("my probe").run()
+    at.button(key="train_rename").click().run()
+    assert get_manager().store.load(run_id).name == "my probe"
+    at.button(key="train_delete").click().run()
+    assert not at.exception
+    assert not get_manager().store.exists(run_id)

@@ -297,3 +297,17 @@ def test_concurrent_rename_and_status_lose_nothing(store):
     record = store.load(run_id)
     assert record.name == "name 39"
     assert record.status == runs.QUEUED and record.reason == "reason 39"
+
+
+def test_a_run_other_runs_start_from_cannot_be_deleted(tmp_path):
+    store = RunStore(tmp_path)
+    base = store.create(RunConfig())
+    store.set_status(base, "finished")
+    child = store.create(RunConfig(weights=f"run:{base}"))
+    store.set_status(child, "finished")
+    with pytest.raises(ValueError, match="start from this run's weights"):
+        store.delete(base)
+    assert store.exists(base)
+    store.delete(child)
+    store.delete(base)
+    assert not store.list()
