@@ -351,6 +351,22 @@ def checkpoint_report(
     )
 
 
+def store_checkpoint(data: bytes, filename: str, data_dir: Path) -> Path:
+    """Keep an uploaded checkpoint under `data_dir`/checkpoints, named by its content.
+
+    The user's file name is reduced to safe characters (no path parts), and
+    the same bytes uploaded again map to the same file, written once.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename).name)[-80:] or "checkpoint.pt"
+    target = Path(data_dir) / "checkpoints" / f"{hashlib.sha256(data).hexdigest()[:12]}-{stem}"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + ".partial")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return target
+
+
 def load_checkpoint(
     model: nn.Module, arch: str, state: dict[str, torch.Tensor], *, source: str = "checkpoint", require_head: bool = False
 ) -> LoadReport:

@@ -19,6 +19,7 @@ from core.models import (
     download_imagenet_weights,
     imagenet_available,
     read_state_dict,
+    store_checkpoint,
     run_state_dict,
 )
 from core.runs import RunStore
@@ -136,11 +137,8 @@ elif source == "checkpoint":
     typed = c_path.text_input("…or a checkpoint path on the server", key="model_ckpt_path")
     try:
         if upload is not None:
-            state = read_state_dict(upload.getvalue())
-            target = data_dir() / "checkpoints" / upload.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(upload.getvalue())
-            cfg = update_draft(weights=str(target))
+            state = read_state_dict(upload.getvalue())  # refuses anything that is not plain tensors
+            cfg = update_draft(weights=str(store_checkpoint(upload.getvalue(), upload.name, data_dir())))
         elif typed:
             state = read_state_dict(typed)
             cfg = update_draft(weights=typed)

@@ -182,3 +182,12 @@ def test_imagenet_download_reports_progress_checks_hash_and_is_used_from_cache(t
     model = build_model("resnet18", 5, "imagenet")
     assert model.fc.out_features == 5
     assert torch.equal(model.conv1.weight, torch.load(io.BytesIO(payload))["conv1.weight"])
+
+
+def test_uploaded_checkpoint_is_stored_under_the_data_dir_whatever_its_name(tmp_path, alexnet_state):
+    data = _save(alexnet_state)
+    path = models.store_checkpoint(data, "../../../etc/evil name.pt", tmp_path)
+    assert path.parent == tmp_path / "checkpoints" and path.name.endswith("evil_name.pt")
+    assert path.read_bytes() == data
+    assert models.store_checkpoint(data, "other.pt", tmp_path).read_bytes() == data
+    assert not (tmp_path.parent / "etc").exists()

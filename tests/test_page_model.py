@@ -123,3 +123,43 @@ def test_checkpoint_path_report(tmp_path):
     at.text_input(key="model_ckpt_path").input(str(bad)).run()
     assert not at.exception
     assert at.error
+
+
+def test_checkpoint_upload_is_stored_safely_and_reported(tmp_path):
+    import io
+
+    import torch
+
+    from core.models import build_model
+
+    buf = io.BytesIO()
+    torch.save(build_model("resnet18", 3).state_dict(), buf)
+    at = open_page()
+    at.selectbox(key="model_weights").set_value("checkpoint").run()
+    at.file_uploader(key="model_ckpt_upload").set_value(("../../r18.pt", buf.getvalue(), "application/octet-stream")).run()
+    assert not at.exception
+    stored = at.session_state["draft"].weights
+    assert stored.startswith(str(tmp_path / "data" / "checkpoints")) and stored.endswith("r18.pt")
+    assert any("shape-mismatched" in e.label for e in at.expander)
+
+
+def test_uploaded_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    import io
+
+    import torch
+
+    marker = tmp_path / "side-effect"
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+
+    buf = io.BytesIO()
+    torch.save({"fc.weight": torch.zeros(2, 2), "x": Boom()}, buf)
+    at = open_page()
+    at.selectbox(key="model_weights").set_value("checkpoint").run()
+    at.file_uploader(key="model_ckpt_upload").set_value(("evil.pt", buf.getvalue(), "application/octet-stream")).run()
+    assert not at.exception
+    assert any("could not be read safely" in e.value for e in at.error)
+    assert not marker.exists()
+    assert at.session_state["draft"].weights == "none"
