@@ -1,0 +1,305 @@
+"""Comparing runs: pure functions from `RunRecord`s to tables the Compare page draws.
+
+Nothing here touches Streamlit. Every function takes records as read from the
+`RunStore` and returns a pandas DataFrame (or bytes for the exports), so each
+is testable on its own:
+
+- `runs_table`: one row per run with the figures people compare strategies by;
+- `config_differences`: the configs side by side, optionally only the fields
+  that differ;
+- `freezing_map`: per run and per stage of its architecture (`core.freezing.stages`,
+  then the classifier and the new head), the fraction of parameters that trained;
+- `curves`: validation accuracy and loss per epoch and against wall-clock time
+  (cumulative `epoch_time_s`);
+- `per_class`, `per_class_difference`, `confusion`: per-class accuracy of the
+  final epoch, the difference between two runs, the confusion matrix;
+- `misclassified`: validation images the run gets wrong, highest loss first,
+  recomputed with the run's own model (`core.inference`);
+- `weights_bytes`, `metrics_csv`, `table_csv`: the exports.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from core.config import RunConfig
+from core.data import decode_images, load_dataset
+from core.freezing import LayerTree, layer_tree, preset_label, stages
+from core.inference import load_run_model, logits_of, per_sample_loss, run_classes
+from core.models import build_skeleton, run_state_dict
+from core.runs import RunRecord
+
+MiB = 2**20
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def run_labels(records: Sequence[RunRecord]) -> list[str]:
+    """A unique, readable label per run: its name, with the id's tail where names repeat."""
+    names = [r.name for r in records]
+    return [f"{r.name} · {r.id[-4:]}" if names.count(r.name) > 1 else r.name for r in records]
+
+
+def _epochs(record: RunRecord) -> list[dict]:
+    return [e for e in record.metrics.get("epochs", []) if isinstance(e, dict)]
+
+
+# --------------------------------------------------------------------------- the runs table
+
+
+@functools.lru_cache(maxsize=32)
+def _structure(arch: str, num_classes: int) -> tuple[LayerTree, tuple]:
+    """Layer tree and stages of an architecture (immutable; built once per arch and head size)."""
+    skeleton = build_skeleton(arch, num_classes)
+    return layer_tree(skeleton, arch), tuple(stages(skeleton, arch))
+
+
+def trainable_params(record: RunRecord) -> int:
+    """Trainable parameters of the run: as the engine counted them, else from its config."""
+    for source in (record.summary, record.metrics.get("info") or {}):
+        if isinstance(source.get("trainable_params"), int):
+            return source["trainable_params"]
+    tree, _ = _structure(record.config.arch, record.config.num_classes)
+    return tree.counts(record.config.frozen)[0]
+
+
+def _time_s(record: RunRecord) -> float | None:
+    if isinstance(record.summary.get("total_time_s"), (int, float)):
+        return float(record.summary["total_time_s"])
+    epochs = _epochs(record)
+    return sum(e.get("epoch_time_s", 0.0) for e in epochs) if epochs else record.elapsed_s()
+
+
+def _date(iso: str) -> str:
+    try:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return str(iso)
+
+
+def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per run: name, date, status, arch, strategy, trainable params, best val acc,
+    time, images/s, peak memory. Figures a run has not produced yet are empty (NaN)."""
+    rows = []
+    for label, r in zip(run_labels(records), records):
+        epochs = _epochs(r)
+        ips = r.summary.get("images_per_s")
+        if ips is None and epochs:
+            ips = sum(e.get("images_per_s", 0.0) for e in epochs) / len(epochs)
+        peak = max((e.get("peak_mem_bytes", 0) for e in epochs), default=None)
+        rows.append({
+            "id": r.id,
+            "run": label,
+            "date": _date(r.created),
+            "status": r.status,
+            "arch": r.config.arch,
+            "strategy": preset_label(r.config.preset),
+            "trainable params": trainable_params(r),
+            "best val acc": max((e["val_acc"] for e in epochs if "val_acc" in e), default=None),
+            "time (s)": _time_s(r),
+            "images/s": ips,
+            "peak memory (MiB)": peak / MiB if peak else None,
+        })
+    columns = ["id", "run", "date", "status", "arch", "strategy", "trainable params", "best val acc",
+               "time (s)", "images/s", "peak memory (MiB)"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def table_csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode()
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _config_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "—"
+        if len(value) == 2 and all(isinstance(v, int) for v in value):
+            return f"{value[0]}×{value[1]}"
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def config_differences(records: Sequence[RunRecord], only_differences: bool = True) -> pd.DataFrame:
+    """The runs' configs side by side: one row per `RunConfig` field, one column per run.
+
+    With `only_differences`, only the fields whose values are not all equal.
+    Values are shown as text (tuples joined with commas, sizes as HxW).
+    """
+    fields = list(RunConfig.__dataclass_fields__)
+    data = {label: [_config_value(r.config.to_dict()[f]) for f in fields]
+            for label, r in zip(run_labels(records), records)}
+    table = pd.DataFrame(data, index=pd.Index(fields, name="field"))
+    if only_differences:
+        differs = [f for f in fields if len({repr(r.config.to_dict()[f]) for r in records}) > 1]
+        table = table.loc[differs]
+    return table
+
+
+# --------------------------------------------------------------------------- freezing picture
+
+
+def freezing_map(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """Trainable fraction per run (rows) and part of the network (columns, in forward order).
+
+    Parts are the architecture's stages (`core.freezing.stages`: "stem",
+    "layer1", ... or "block1", ...), then "classifier" (whatever lies between
+    the trunk and the head, when it has parameters) and "head". Runs of
+    different architectures share a column only where the part's name is the
+    same; other cells are NaN.
+    """
+    rows, columns = {}, []
+    for label, r in zip(run_labels(records), records):
+        tree, trunk = _structure(r.config.arch, r.config.num_classes)
+        mask = tree.frozen_mask(r.config.frozen)
+        parts: dict[str, list[int]] = {s.name: [] for s in trunk}
+        parts["classifier"], parts["head"] = [], []
+        for i, name in enumerate(tree.param_names):
+            owner = "classifier"
+            if name.startswith(tree.head + "."):
+                owner = "head"
+            else:
+                for s in trunk:
+                    if any(name.startswith(p + ".") for p in s.paths):
+                        owner = s.name
+                        break
+            parts[owner].append(i)
+        row = {}
+        for part, index in parts.items():
+            total = sum(tree.param_sizes[i] for i in index)
+            if not total:
+                continue
+            row[part] = sum(tree.param_sizes[i] for i in index if not mask[i]) / total
+            if part not in columns:
+                columns.append(part)
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+# --------------------------------------------------------------------------- curves and metrics
+
+
+def curves(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """Long table: run, epoch, time_s (cumulative wall-clock at the epoch's end), val/train acc and loss."""
+    rows = []
+    for label, r in zip(run_labels(records), records):
+        elapsed = 0.0
+        for e in _epochs(r):
+            elapsed += float(e.get("epoch_time_s", 0.0))
+            rows.append({"run": label, "epoch": e.get("epoch"), "time_s": elapsed,
+                         "val_acc": e.get("val_acc"), "val_loss": e.get("val_loss"),
+                         "train_acc": e.get("train_acc"), "train_loss": e.get("train_loss")})
+    return pd.DataFrame(rows, columns=["run", "epoch", "time_s", "val_acc", "val_loss", "train_acc", "train_loss"])
+
+
+def per_class(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """Long table: run, class, accuracy (validation, final epoch)."""
+    rows = []
+    for label, r in zip(run_labels(records), records):
+        epochs = _epochs(r)
+        if not epochs or "per_class_acc" not in epochs[-1]:
+            continue
+        for name, acc in zip(run_classes(r), epochs[-1]["per_class_acc"]):
+            rows.append({"run": label, "class": name, "accuracy": acc})
+    return pd.DataFrame(rows, columns=["run", "class", "accuracy"])
+
+
+def per_class_difference(a: RunRecord, b: RunRecord) -> pd.DataFrame:
+    """Per class: accuracy of `a`, of `b`, and b - a. `ValueError` if the runs' classes differ."""
+    classes_a, classes_b = run_classes(a), run_classes(b)
+    if classes_a != classes_b:
+        raise ValueError(f"{a.name!r} and {b.name!r} were trained on different classes; "
+                         "per-class accuracy can only be compared on the same classes.")
+    ea, eb = _epochs(a), _epochs(b)
+    if not ea or not eb:
+        raise ValueError("both runs need at least one finished epoch")
+    acc_a, acc_b = ea[-1]["per_class_acc"], eb[-1]["per_class_acc"]
+    label_a, label_b = run_labels([a, b])
+    return pd.DataFrame({"class": classes_a, label_a: acc_a, label_b: acc_b,
+                         "difference": [y - x for x, y in zip(acc_a, acc_b)]})
+
+
+def confusion(record: RunRecord) -> tuple[list[str], list[list[int]]] | None:
+    """(classes, matrix with rows = true class) of the final epoch, or None before the first epoch."""
+    epochs = _epochs(record)
+    if not epochs or "confusion" not in epochs[-1]:
+        return None
+    return run_classes(record), epochs[-1]["confusion"]
+
+
+# --------------------------------------------------------------------------- misclassified images
+
+
+def misclassified(record: RunRecord, *, device: torch.device | str = "cpu", limit: int | None = 24,
+                  runs_dir: Path | None = None, data_dir: Path | None = None) -> pd.DataFrame:
+    """The run's misclassified validation images, highest loss first.
+
+    The validation split is rebuilt as the run made it (`load_dataset` with the
+    run's dataset, val_fraction and seed) and classified with the run's final
+    model and its evaluation transform. Columns: path, true, predicted, loss,
+    confidence (the predicted class's probability).
+    """
+    config = record.config
+    clf = load_run_model(record, device, record.summary.get("precision", "fp32"), runs_dir=runs_dir)
+    dataset = load_dataset(config.dataset, data_dir=data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    if list(dataset.classes) != clf.classes:
+        raise ValueError(f"The dataset {config.dataset!r} now has other classes than run {record.name!r} was trained on.")
+    columns = ["path", "true", "predicted", "loss", "confidence"]
+    if not dataset.val:
+        return pd.DataFrame(columns=columns)
+    x = decode_images([s.path for s in dataset.val], clf.pre, data_dir=data_dir)
+    labels = torch.tensor([s.label for s in dataset.val])
+    logits = logits_of(clf.model, x, clf.pre, clf.device, clf.precision)
+    losses = per_sample_loss(logits, labels)
+    probs = logits.softmax(1)
+    predicted = logits.argmax(1)
+    rows = [
+        {"path": str(s.path), "true": clf.classes[s.label], "predicted": clf.classes[p],
+         "loss": float(loss), "confidence": float(probs[i, p])}
+        for i, (s, p, loss) in enumerate(zip(dataset.val, predicted.tolist(), losses.tolist()))
+        if p != s.label
+    ]
+    table = pd.DataFrame(rows, columns=columns).sort_values("loss", ascending=False, ignore_index=True)
+    return table.head(limit) if limit else table
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def weights_bytes(record: RunRecord, *, runs_dir: Path | None = None) -> bytes:
+    """The run's full final state dict as `torch.save` bytes: `model.load_state_dict(torch.load(f))`
+    works on `build_model(arch, num_classes)` without any Freeze Lab code."""
+    runs_dir = Path(runs_dir) if runs_dir is not None else record.path.parent
+    state, _ = run_state_dict(record.id, record.config.arch, runs_dir=runs_dir)
+    buf = io.BytesIO()
+    torch.save({k: v.contiguous() for k, v in state.items()}, buf)
+    return buf.getvalue()
+
+
+def metrics_table(record: RunRecord) -> pd.DataFrame:
+    """One row per epoch: the scalar metrics, per-class accuracy as `acc <class>` columns,
+    learning rates per group as `lr <group>` (the confusion matrix is left out)."""
+    classes = run_classes(record)
+    rows = []
+    for e in _epochs(record):
+        row = {k: v for k, v in e.items() if not isinstance(v, (list, dict))}
+        for name, acc in zip(classes, e.get("per_class_acc") or []):
+            row[f"acc {name}"] = acc
+        for group, rate in (e.get("lrs") or {}).items():
+            row[f"lr {group}"] = rate
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metrics_csv(record: RunRecord) -> bytes:
+    return metrics_table(record).to_csv(index=False).encode()
