@@ -10,6 +10,8 @@ PAGES = [
     st.Page("pages/model.py", title="Model", icon=":material/account_tree:", default=True),
     st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 
 page = st.navigation(PAGES)

@@ -67,3 +67,70 @@ def confusion_figure(record: dict | None, classes: list[str]) -> go.Figure:
                         hovertemplate="true %{y}<br>predicted %{x}: %{z}<extra></extra>")
     return _layout(fig, "Confusion matrix (validation)", xaxis_title="predicted", yaxis_title="true",
                    yaxis_autorange="reversed")
+
+
+# --------------------------------------------------------------------------- Classify and Compare pages
+
+
+def top_k_figure(pairs: list[tuple[str, float]], title: str) -> go.Figure:
+    """Horizontal bars of the top-k (class, probability) pairs, most likely on top."""
+    fig = go.Figure()
+    if pairs:
+        names, probs = zip(*pairs)
+        fig.add_bar(x=list(probs)[::-1], y=list(names)[::-1], orientation="h", marker_color="#2E6FD8",
+                    text=[f"{p:.1%}" for p in probs][::-1], textposition="auto",
+                    hovertemplate="%{y}: %{x:.2%}<extra></extra>")
+    _layout(fig, title, showlegend=False, xaxis=dict(range=[0, 1], tickformat=".0%"))
+    return fig.update_layout(height=70 + 28 * max(1, len(pairs)))
+
+
+def freezing_figure(table) -> go.Figure:
+    """Heat map of the trainable fraction per run (rows) and network part (columns, forward order)."""
+    fig = go.Figure()
+    if len(table):
+        z = table.to_numpy(dtype=float)
+        text = [["" if v != v else ("trains" if v == 1 else "frozen" if v == 0 else f"{v:.0%}") for v in row] for row in z]
+        fig.add_heatmap(z=z, x=list(table.columns), y=list(table.index), zmin=0, zmax=1, text=text,
+                        texttemplate="%{text}", colorscale=[[0, "#D9DEE7"], [1, "#2E6FD8"]],
+                        colorbar=dict(title="trains", tickformat=".0%"),
+                        hovertemplate="%{y}<br>%{x}: %{z:.0%} of its parameters train<extra></extra>")
+    _layout(fig, "Which parts trained (input → output)", yaxis_autorange="reversed")
+    return fig.update_layout(height=110 + 45 * max(1, len(table)))
+
+
+def compare_curves_figure(table, y: str, x: str = "epoch", title: str = "") -> go.Figure:
+    """One line per run of column `y` against `x` ("epoch" or "time_s") from `core.compare.curves`."""
+    fig = go.Figure()
+    for run, part in table.groupby("run", sort=False):
+        fig.add_scatter(x=part[x], y=part[y], name=run, mode="lines+markers")
+    axis = dict(range=[0, 1], tickformat=".0%") if y.endswith("acc") else {}
+    return _layout(fig, title or y, xaxis_title="wall-clock time (s)" if x == "time_s" else x, yaxis=axis)
+
+
+def runs_scatter_figure(table, x: str, title: str, log_x: bool = False) -> go.Figure:
+    """Best validation accuracy of each run against column `x` of `core.compare.runs_table`."""
+    fig = go.Figure()
+    for _, row in table.iterrows():
+        fig.add_scatter(x=[row[x]], y=[row["best val acc"]], name=row["run"], mode="markers+text",
+                        text=[row["strategy"]], textposition="top center", marker=dict(size=12))
+    return _layout(fig, title, xaxis=dict(title=x, type="log" if log_x else "linear"),
+                   yaxis=dict(title="best val acc", range=[0, 1.05], tickformat=".0%"))
+
+
+def per_class_grouped_figure(table) -> go.Figure:
+    """Grouped bars: validation accuracy per class (x), one bar colour per run."""
+    fig = go.Figure()
+    for run, part in table.groupby("run", sort=False):
+        fig.add_bar(x=part["class"], y=part["accuracy"], name=run)
+    return _layout(fig, "Validation accuracy per class (final epoch)", barmode="group",
+                   yaxis=dict(range=[0, 1], tickformat=".0%"))
+
+
+def difference_figure(table, title: str) -> go.Figure:
+    """Per-class accuracy difference (the `difference` column): green where the second run is better."""
+    fig = go.Figure()
+    if len(table):
+        diff = table["difference"]
+        fig.add_bar(x=table["class"], y=diff, marker_color=["#2E9E5B" if d >= 0 else "#D8452E" for d in diff],
+                    text=[f"{d:+.0%}" for d in diff], textposition="auto")
+    return _layout(fig, title, yaxis=dict(tickformat="+.0%", zeroline=True), showlegend=False)

@@ -1,0 +1,147 @@
+"""Compare page: which freezing strategy was worth it? Runs side by side."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import compare
+from core.inference import inference_device, weights_mtime
+from core.models import CheckpointError, WeightsUnavailableError
+from core.data import DatasetError
+from ui import charts
+from ui.manager import get_manager
+
+manager = get_manager()
+
+
+@st.cache_data(max_entries=8, show_spinner="Classifying the validation split…")
+def misclassified_of(run_id: str, mtime: float, device: str, limit: int):
+    return compare.misclassified(manager.store.load(run_id), device=device, limit=limit, runs_dir=manager.store.root)
+
+
+st.title("Compare")
+
+records = manager.store.list()
+if not records:
+    st.info("No runs yet: train a few with different strategies on the Train page, then compare them here.",
+            icon=":material/info:")
+    st.stop()
+
+by_id = {r.id: r for r in records}
+everything = compare.runs_table(records)
+with st.expander(f"All runs ({len(records)})", expanded=False):
+    st.dataframe(everything.drop(columns="id"), hide_index=True, width="stretch", key="compare_all_table",
+                 column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
+                                "time (s)": st.column_config.NumberColumn(format="%.1f"),
+                                "images/s": st.column_config.NumberColumn(format="%.0f"),
+                                "peak memory (MiB)": st.column_config.NumberColumn(format="%.0f"),
+                                "trainable params": st.column_config.NumberColumn(format="localized")})
+finished = [r.id for r in records if r.status == "finished"]
+chosen = st.multiselect("Runs to compare", list(by_id), default=finished[:3], key="compare_runs",
+                        format_func=lambda i: f"{by_id[i].name} · {by_id[i].status} ({i})")
+if not chosen:
+    st.info("Pick two or more runs.", icon=":material/info:")
+    st.stop()
+picked = [by_id[i] for i in chosen]
+
+# --- the table and the configs --------------------------------------------------------------
+table = compare.runs_table(picked)
+st.dataframe(table.drop(columns="id"), hide_index=True, width="stretch", key="compare_table",
+             column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
+                            "time (s)": st.column_config.NumberColumn(format="%.1f"),
+                            "images/s": st.column_config.NumberColumn(format="%.0f"),
+                            "peak memory (MiB)": st.column_config.NumberColumn(format="%.0f"),
+                            "trainable params": st.column_config.NumberColumn(format="localized")})
+st.download_button("Comparison table (CSV)", compare.table_csv(table), "comparison.csv", "text/csv",
+                   key="compare_table_csv", icon=":material/download:")
+
+only_diff = st.toggle("Differences only", value=True, key="compare_diff_only",
+                      help="Show only the configuration fields whose values differ between the chosen runs.")
+configs = compare.config_differences(picked, only_diff)
+st.session_state["compare_config_fields"] = list(configs.index)
+if configs.empty:
+    st.info("The chosen runs have identical configurations.", icon=":material/info:")
+else:
+    st.dataframe(configs, width="stretch", key="compare_configs")
+
+st.plotly_chart(charts.freezing_figure(compare.freezing_map(picked)), key="compare_freezing", width="stretch")
+
+# --- curves and scatter ------------------------------------------------------------------------
+st.subheader("Curves")
+curves = compare.curves(picked)
+left, right = st.columns(2)
+left.plotly_chart(charts.compare_curves_figure(curves, "val_acc", "epoch", "Validation accuracy per epoch"),
+                  key="compare_acc_epoch", width="stretch")
+right.plotly_chart(charts.compare_curves_figure(curves, "val_loss", "epoch", "Validation loss per epoch"),
+                   key="compare_loss_epoch", width="stretch")
+left.plotly_chart(charts.compare_curves_figure(curves, "val_acc", "time_s", "Validation accuracy over time"),
+                  key="compare_acc_time", width="stretch")
+right.plotly_chart(charts.compare_curves_figure(curves, "val_loss", "time_s", "Validation loss over time"),
+                   key="compare_loss_time", width="stretch")
+scored = table.dropna(subset=["best val acc"])
+left.plotly_chart(charts.runs_scatter_figure(scored, "trainable params", "Best accuracy vs trainable parameters",
+                                             log_x=True), key="compare_scatter_params", width="stretch")
+right.plotly_chart(charts.runs_scatter_figure(scored, "time (s)", "Best accuracy vs training time"),
+                   key="compare_scatter_time", width="stretch")
+
+# --- per class ----------------------------------------------------------------------------------
+st.subheader("Per class")
+st.plotly_chart(charts.per_class_grouped_figure(compare.per_class(picked)), key="compare_per_class", width="stretch")
+if len(picked) >= 2:
+    a_col, b_col = st.columns(2)
+    labels = dict(zip(chosen, compare.run_labels(picked)))
+    a = a_col.selectbox("Run A", chosen, 0, format_func=labels.get, key="compare_diff_a")
+    b = b_col.selectbox("Run B", chosen, 1, format_func=labels.get, key="compare_diff_b")
+    try:
+        diff = compare.per_class_difference(by_id[a], by_id[b])
+    except ValueError as exc:
+        st.warning(str(exc), icon=":material/warning:")
+    else:
+        st.plotly_chart(charts.difference_figure(diff, f"Per-class accuracy: {labels[b]} minus {labels[a]}"),
+                        key="compare_difference", width="stretch")
+
+cols = st.columns(min(len(picked), 3))
+for i, (label, r) in enumerate(zip(compare.run_labels(picked), picked)):
+    found = compare.confusion(r)
+    if found:
+        classes, matrix = found
+        fig = charts.confusion_figure({"confusion": matrix}, classes).update_layout(title=label)
+        cols[i % len(cols)].plotly_chart(fig, key=f"compare_confusion_{r.id}", width="stretch")
+
+# --- one run: its worst mistakes, its files ------------------------------------------------------
+st.subheader("One run")
+done = [i for i in chosen if by_id[i].status == "finished" and by_id[i].has_weights]
+if not done:
+    st.info("None of the chosen runs finished with saved weights.", icon=":material/info:")
+    st.stop()
+one = st.selectbox("Run", done, format_func=lambda i: by_id[i].name, key="compare_one")
+record = by_id[one]
+
+gallery_tab, export_tab = st.tabs(["Misclassified validation images", "Export"])
+with gallery_tab:
+    device, why = inference_device(record.summary.get("device"), manager.device, bool(manager.active_runs()))
+    st.caption(f"The validation split is classified again with the run's final weights, {why}.")
+    if st.button("Show the highest-loss mistakes", key="compare_gallery_go", icon=":material/search:"):
+        st.session_state["compare_gallery_run"] = one
+    if st.session_state.get("compare_gallery_run") == one:
+        try:
+            wrong = misclassified_of(one, weights_mtime(record), str(device), 24)
+        except (CheckpointError, WeightsUnavailableError, DatasetError, ValueError) as exc:
+            st.error(str(exc), icon=":material/error:")
+        else:
+            if wrong.empty:
+                st.success("No validation image is misclassified.", icon=":material/check_circle:")
+            else:
+                st.image(list(wrong["path"]), width=128, caption=[
+                    f"true {t} → {p} · loss {l:.2f}" for t, p, l in zip(wrong["true"], wrong["predicted"], wrong["loss"])])
+                st.dataframe(wrong, hide_index=True, width="stretch", key="compare_gallery_table")
+
+with export_tab:
+    c1, c2 = st.columns(2)
+    c1.download_button("Weights (.pt state dict)", lambda: compare.weights_bytes(record, runs_dir=manager.store.root),
+                       f"{record.config.arch}-{record.id}.pt", "application/octet-stream", key="compare_weights",
+                       icon=":material/download:",
+                       help=f"torch.load it into build_model('{record.config.arch}', {record.config.num_classes}) "
+                            "— or torchvision's model with the head replaced — with load_state_dict.")
+    c2.download_button("Metrics (CSV)", compare.metrics_csv(record), f"metrics-{record.id}.csv", "text/csv",
+                       key="compare_metrics_csv", icon=":material/download:")
