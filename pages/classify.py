@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.compare import run_labels
 from core.data import DatasetError, open_image
 from core.inference import (
     Classifier,
@@ -39,15 +40,15 @@ st.title("Classify")
 st.caption("What does a fine-tuned model say about your picture? Each run uses the transforms it was trained with.")
 
 runs = finished_runs(manager.store)
-labels = {r.id: f"{r.name} ({r.id})" for r in runs}
+labels = dict(zip((r.id for r in runs), run_labels(runs)))
 wanted = st.query_params.get("run")
 default = [wanted] if wanted in labels else [r.id for r in runs[:1]]
 
 files = st.file_uploader("Images (JPEG, PNG, WebP, BMP)", type=IMAGE_TYPES, accept_multiple_files=True,
                          key="classify_files")
-left, mid, right = st.columns([3, 2, 1])
-chosen = left.multiselect("Runs", list(labels), default=default, format_func=labels.get, key="classify_runs",
+chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get, key="classify_runs",
                           placeholder="Pick finished runs" if runs else "No finished run yet: train one on the Train page")
+mid, right = st.columns([4, 1])
 use_imagenet = mid.toggle("Original ImageNet model", key="classify_imagenet",
                           help="The architecture with torchvision's ImageNet weights and its 1000 categories.")
 k = right.number_input("Top k", 1, 10, 3, key="classify_k")
@@ -120,8 +121,9 @@ for model_key, clf in models:
 
 for i, (f, img) in enumerate(images):
     with st.container(border=True):
-        cols = st.columns([1] + [2] * len(models))
-        cols[0].image(img, caption=f"{f.name} · {img.width}×{img.height}", width="stretch")
+        cols = st.columns([1.3] + [2] * len(models))
+        cols[0].image(img, caption=f.name, width=min(192, max(96, img.width)))
+        cols[0].caption(f"{img.width}×{img.height} px")
         results[f.name] = {}
         for j, (model_key, clf) in enumerate(models):
             probs = memo[(f.file_id, model_key)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from core import compare
+from core.data import DatasetError
 from core.inference import inference_device, weights_mtime
 from core.models import CheckpointError, WeightsUnavailableError
-from core.data import DatasetError
 from ui import charts
 from ui.manager import get_manager
 
@@ -28,6 +28,7 @@ if not records:
     st.stop()
 
 by_id = {r.id: r for r in records}
+all_labels = dict(zip(by_id, compare.run_labels(records)))
 everything = compare.runs_table(records)
 with st.expander(f"All runs ({len(records)})", expanded=False):
     st.dataframe(everything.drop(columns="id"), hide_index=True, width="stretch", key="compare_all_table",
@@ -38,7 +39,7 @@ with st.expander(f"All runs ({len(records)})", expanded=False):
                                 "trainable params": st.column_config.NumberColumn(format="localized")})
 finished = [r.id for r in records if r.status == "finished"]
 chosen = st.multiselect("Runs to compare", list(by_id), default=finished[:3], key="compare_runs",
-                        format_func=lambda i: f"{by_id[i].name} · {by_id[i].status} ({i})")
+                        format_func=lambda i: f"{all_labels[i]} · {by_id[i].status}")
 if not chosen:
     st.info("Pick two or more runs.", icon=":material/info:")
     st.stop()

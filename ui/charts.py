@@ -72,6 +72,18 @@ def confusion_figure(record: dict | None, classes: list[str]) -> go.Figure:
 # --------------------------------------------------------------------------- Classify and Compare pages
 
 
+RUN_COLOURS = ("#2E6FD8", "#E8590C", "#2E9E5B", "#8E44AD", "#C9A227", "#17A2B8", "#D6336C", "#555555")
+
+
+def _run_colour(i: int) -> str:
+    return RUN_COLOURS[i % len(RUN_COLOURS)]
+
+
+def _legend_below(fig: go.Figure) -> go.Figure:
+    """Room for an x-axis title and a legend of long run names under the plot."""
+    return fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=90), legend=dict(orientation="h", y=-0.3))
+
+
 def top_k_figure(pairs: list[tuple[str, float]], title: str) -> go.Figure:
     """Horizontal bars of the top-k (class, probability) pairs, most likely on top."""
     fig = go.Figure()
@@ -101,27 +113,39 @@ def freezing_figure(table) -> go.Figure:
 def compare_curves_figure(table, y: str, x: str = "epoch", title: str = "") -> go.Figure:
     """One line per run of column `y` against `x` ("epoch" or "time_s") from `core.compare.curves`."""
     fig = go.Figure()
-    for run, part in table.groupby("run", sort=False):
-        fig.add_scatter(x=part[x], y=part[y], name=run, mode="lines+markers")
-    axis = dict(range=[0, 1], tickformat=".0%") if y.endswith("acc") else {}
-    return _layout(fig, title or y, xaxis_title="wall-clock time (s)" if x == "time_s" else x, yaxis=axis)
+    for i, (run, part) in enumerate(table.groupby("run", sort=False)):
+        fig.add_scatter(x=part[x], y=part[y], name=run, mode="lines+markers", line=dict(color=_run_colour(i)))
+    axis = dict(range=[0, 1.02], tickformat=".0%") if y.endswith("acc") else {}
+    _layout(fig, title or y, xaxis_title="wall-clock time (s)" if x == "time_s" else x, yaxis=axis)
+    return _legend_below(fig)
 
 
 def runs_scatter_figure(table, x: str, title: str, log_x: bool = False) -> go.Figure:
     """Best validation accuracy of each run against column `x` of `core.compare.runs_table`."""
+    import math
+
     fig = go.Figure()
-    for _, row in table.iterrows():
+    for i, (_, row) in enumerate(table.iterrows()):
         fig.add_scatter(x=[row[x]], y=[row["best val acc"]], name=row["run"], mode="markers+text",
-                        text=[row["strategy"]], textposition="top center", marker=dict(size=12))
-    return _layout(fig, title, xaxis=dict(title=x, type="log" if log_x else "linear"),
-                   yaxis=dict(title="best val acc", range=[0, 1.05], tickformat=".0%"))
+                        text=[row["strategy"]], textposition="top center" if i % 2 == 0 else "bottom center",
+                        marker=dict(size=12, color=_run_colour(i)))
+    xs = [v for v in table[x] if v == v and v is not None] if len(table) else []
+    if xs and log_x and min(xs) > 0:
+        x_range = [math.log10(min(xs)) - 0.4, math.log10(max(xs)) + 0.4]
+    elif xs:
+        x_range = [-0.1 * max(xs), max(xs) * 1.15 or 1]
+    else:
+        x_range = None
+    _layout(fig, title, xaxis=dict(title=x, type="log" if log_x else "linear", range=x_range),
+            yaxis=dict(title="best val acc", range=[0, 1.08], tickformat=".0%"))
+    return _legend_below(fig)
 
 
 def per_class_grouped_figure(table) -> go.Figure:
     """Grouped bars: validation accuracy per class (x), one bar colour per run."""
     fig = go.Figure()
-    for run, part in table.groupby("run", sort=False):
-        fig.add_bar(x=part["class"], y=part["accuracy"], name=run)
+    for i, (run, part) in enumerate(table.groupby("run", sort=False)):
+        fig.add_bar(x=part["class"], y=part["accuracy"], name=run, marker_color=_run_colour(i))
     return _layout(fig, "Validation accuracy per class (final epoch)", barmode="group",
                    yaxis=dict(range=[0, 1], tickformat=".0%"))
 
