@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("FREEZE_LAB_RUNS_DIR", tempfile.mkdtemp())
 
-    at = AppTest.from_file(str(ROOT / "pages" / "model.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "model.py"), default_timeout=120)
     at.session_state["draft"] = RunConfig(arch=args.arch, num_classes=10, image_size=(args.size, args.size))
     t0 = time.perf_counter()
     at.run()

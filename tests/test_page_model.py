@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "model.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
 
 
 @pytest.fixture(autouse=True)
