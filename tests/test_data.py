@@ -274,7 +274,7 @@ def test_import_zip_rejects_not_a_zip(data_dir):
 def test_demo_world_small_is_deterministic_and_balanced(data_dir):
     ds = load_dataset("demo-target", data_dir=data_dir, demo_per_class=5)
     assert ds.ref == "demo-target:5" and ds.root == data_dir / "demo-target-5"
-    assert ds.classes == ["arrow", "diamond", "hexagon", "pentagon"]
+    assert ds.classes == ["diamond", "pentagon", "star4", "tshape"]
     assert ds.counts()["train"].tolist() == [4] * 4 and not ds.skipped
     again = load_dataset("demo-target:5", data_dir=data_dir)
     assert again.train == ds.train
@@ -282,14 +282,15 @@ def test_demo_world_small_is_deterministic_and_balanced(data_dir):
     assert img.shape == (64, 64, 3)
     # same seed, same pixels, in a fresh folder
     other = demo.generate("demo-target", data_dir / "copy", 5)
-    a = (ds.root / "arrow" / "arrow_00000.png").read_bytes()
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(a))), np.asarray(Image.open(other / "arrow" / "arrow_00000.png")))
+    a = (ds.root / "pentagon" / "pentagon_00000.png").read_bytes()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(a))), np.asarray(Image.open(other / "pentagon" / "pentagon_00000.png")))
 
 
 def test_demo_source_classes_and_refs(data_dir):
     ds = load_dataset("demo-source:3", data_dir=data_dir, progress=lambda *a: None)
     assert ds.classes == sorted(("circle", "square", "triangle", "star", "cross", "ring"))
     assert data.demo_ref("demo-source", 1000) == "demo-source" and data.parse_demo_ref("demo-source") == ("demo-source", 1000)
+    assert data.parse_demo_ref("demo-target") == ("demo-target", 80) and data.demo_ref("demo-target", 80) == "demo-target"
     with pytest.raises(DatasetError, match="Demo size"):
         load_dataset("demo-source:lots", data_dir=data_dir)
 
