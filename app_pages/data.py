@@ -19,7 +19,7 @@ SOURCES = {
     "cifar10": "CIFAR-10 (download)",
     "flowers102": "Flowers102 (download)",
 }
-DEMO_SIZES = {"demo-source": (100, 300, 1000), "demo-target": (10, 30, 100)}  # images per class
+DEMO_SIZES = {"demo-source": (100, 300, 1000), "demo-target": (10, 30, 80)}  # images per class
 MAX_UPLOAD_BYTES = 200 * 1024**2  # matches server.maxUploadSize in .streamlit/config.toml
 
 

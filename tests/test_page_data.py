@@ -45,7 +45,7 @@ def test_demo_dataset_shows_preview_and_sets_the_draft(at):
     assert images_shown(at) == 4 * 8
     draft = at.session_state["draft"]
     assert (draft.dataset, draft.num_classes) == ("demo-target:10", 4)
-    assert at.session_state["dataset_classes"] == ["arrow", "diamond", "hexagon", "pentagon"]
+    assert at.session_state["dataset_classes"] == ["diamond", "pentagon", "star4", "tshape"]
     assert at.metric[1].value == "32" and at.metric[2].value == "8"
 
 
