@@ -19,8 +19,9 @@ def test_a_page_url_on_a_fresh_server_gets_the_whole_app(app_server, page):
 
 
 @pytest.mark.parametrize("path, title", PAGES)
-def test_page_opens_without_exception(app_server, page, path, title):
+def test_page_opens_without_exception(app_server, page, path, title, shots):
     page.goto(f"{app_server.url}/{path}")
     wait_idle(page)
     expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
+    page.screenshot(path=shots / f"{path}.png", full_page=True)
