@@ -27,16 +27,19 @@ if not records:
             icon=":material/info:")
     st.stop()
 
+RUN_COLUMNS = {
+    "best val acc": st.column_config.NumberColumn(format="percent"),
+    "time (s)": st.column_config.NumberColumn(format="%.1f"),
+    "images/s": st.column_config.NumberColumn(format="%.0f"),
+    "peak memory (MiB)": st.column_config.NumberColumn(format="%.0f"),
+    "trainable params": st.column_config.NumberColumn(format="localized"),
+}
 by_id = {r.id: r for r in records}
 all_labels = dict(zip(by_id, compare.run_labels(records)))
 everything = compare.runs_table(records)
 with st.expander(f"All runs ({len(records)})", expanded=False):
     st.dataframe(everything.drop(columns="id"), hide_index=True, width="stretch", key="compare_all_table",
-                 column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
-                                "time (s)": st.column_config.NumberColumn(format="%.1f"),
-                                "images/s": st.column_config.NumberColumn(format="%.0f"),
-                                "peak memory (MiB)": st.column_config.NumberColumn(format="%.0f"),
-                                "trainable params": st.column_config.NumberColumn(format="localized")})
+                 column_config=RUN_COLUMNS)
 finished = [r.id for r in records if r.status == "finished"]
 chosen = st.multiselect("Runs to compare", list(by_id), default=finished[:3], key="compare_runs",
                         format_func=lambda i: f"{all_labels[i]} · {by_id[i].status}")
@@ -48,11 +51,7 @@ picked = [by_id[i] for i in chosen]
 # --- the table and the configs --------------------------------------------------------------
 table = compare.runs_table(picked)
 st.dataframe(table.drop(columns="id"), hide_index=True, width="stretch", key="compare_table",
-             column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
-                            "time (s)": st.column_config.NumberColumn(format="%.1f"),
-                            "images/s": st.column_config.NumberColumn(format="%.0f"),
-                            "peak memory (MiB)": st.column_config.NumberColumn(format="%.0f"),
-                            "trainable params": st.column_config.NumberColumn(format="localized")})
+             column_config=RUN_COLUMNS)
 st.download_button("Comparison table (CSV)", compare.table_csv(table), "comparison.csv", "text/csv",
                    key="compare_table_csv", icon=":material/download:")
 

@@ -680,14 +680,22 @@ def _decode_key(paths: Sequence[Path], pre: Preprocess) -> str:
 
 def decode_one(path: Path, pre: Preprocess) -> torch.Tensor:
     """One image file as a uint8 [3, crop_h, crop_w] tensor: resized to `pre.resize`, then center-cropped."""
-    import torchvision.transforms.v2.functional as F
-    from torchvision.transforms import InterpolationMode
-
     try:
         img = open_image(path, draft=(pre.resize[1], pre.resize[0]))
     except DatasetError as exc:
         raise DatasetError(f"{Path(path).name}: {exc}") from None
-    x = F.pil_to_tensor(img)
+    return image_tensor(img, pre)
+
+
+def image_tensor(img: Image.Image, pre: Preprocess) -> torch.Tensor:
+    """An open image as a uint8 [3, crop_h, crop_w] tensor: RGB, resized to `pre.resize`, center-cropped.
+
+    The one place the evaluation geometry is applied, for the decoded cache and for inference alike.
+    """
+    import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    x = F.pil_to_tensor(img.convert("RGB"))
     mode = InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else InterpolationMode.BILINEAR
     if tuple(x.shape[-2:]) != tuple(pre.resize):
         x = F.resize(x, list(pre.resize), interpolation=mode, antialias=True)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core.data import Preprocess, normalize, preprocess_for
+from core.data import Preprocess, image_tensor, normalize, preprocess_for
 from core.models import (
     CheckpointError,
     WeightsUnavailableError,
@@ -160,21 +160,6 @@ def load_imagenet_model(arch: str, device: torch.device | str = "cpu") -> Classi
 
 
 # --------------------------------------------------------------------------- classifying
-
-
-def image_tensor(img: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """One RGB image as uint8 [3, crop_h, crop_w]: resized to `pre.resize`, centre-cropped
-    (the same steps as `core.data.decode_one`, from an image already open)."""
-    import torchvision.transforms.v2.functional as TF
-    from torchvision.transforms import InterpolationMode
-
-    x = TF.pil_to_tensor(img.convert("RGB"))
-    mode = InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else InterpolationMode.BILINEAR
-    if tuple(x.shape[-2:]) != tuple(pre.resize):
-        x = TF.resize(x, list(pre.resize), interpolation=mode, antialias=True)
-    if tuple(pre.crop) != tuple(pre.resize):
-        x = TF.center_crop(x, list(pre.crop))
-    return x
 
 
 def logits_of(model: nn.Module, x: torch.Tensor, pre: Preprocess, device: torch.device | str, precision: str = "fp32") -> torch.Tensor:
