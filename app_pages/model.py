@@ -7,13 +7,12 @@ import streamlit as st
 
 from core import codegen, costs
 from core.config import data_dir
-from core.freezing import PRESET_HELP, layer_tree, preflight, preset_frozen, preset_label, presets_for, set_frozen, stages
+from core.freezing import PRESET_HELP, model_structure, preflight, preset_frozen, preset_label, presets_for, set_frozen
 from core.models import (
     CATALOG,
     CheckpointError,
     LoadReport,
     WeightsUnavailableError,
-    arch_spec,
     build_skeleton,
     checkpoint_report,
     download_imagenet_weights,
@@ -32,13 +31,6 @@ WEIGHT_SOURCES = {
     "checkpoint": "Checkpoint file",
     "run": "An earlier run",
 }
-
-
-@st.cache_resource(max_entries=16)
-def tree_for(arch: str, num_classes: int, size: tuple[int, int]):
-    """Layer tree (with output shapes) and trunk stages; immutable, shared by all sessions."""
-    skeleton = build_skeleton(arch, num_classes)
-    return layer_tree(skeleton, arch, size), stages(skeleton, arch)
 
 
 @st.cache_resource(max_entries=16)
@@ -165,7 +157,7 @@ elif source == "run":
             st.error(str(exc), icon=":material/error:")
 
 try:
-    tree, trunk = tree_for(arch, cfg.num_classes, cfg.image_size)
+    tree, trunk = model_structure(arch, cfg.num_classes, cfg.image_size)
 except ValueError as exc:
     st.error(str(exc), icon=":material/error:")
     st.stop()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
-from core.freezing import layer_tree, preset_label
-from core.models import arch_spec, build_skeleton, imagenet_available
+from core.freezing import model_structure, preset_label
+from core.models import arch_spec, imagenet_available
 from ui import charts
 from ui.manager import get_manager, session_owner
 from ui.state import draft, update_draft
@@ -17,7 +17,7 @@ cfg = draft()
 st.title("Train")
 
 # --- what will be trained -----------------------------------------------------------------
-tree = layer_tree(build_skeleton(cfg.arch, cfg.num_classes), cfg.arch)
+tree, _ = model_structure(cfg.arch, cfg.num_classes)
 trainable, frozen = tree.counts(cfg.frozen)
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)

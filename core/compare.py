@@ -20,7 +20,6 @@ is testable on its own:
 
 from __future__ import annotations
 
-import functools
 import io
 from collections.abc import Sequence
 from datetime import datetime
@@ -31,9 +30,9 @@ import torch
 
 from core.config import RunConfig
 from core.data import decode_images, load_dataset
-from core.freezing import LayerTree, layer_tree, preset_label, stages
+from core.freezing import model_structure, preset_label
 from core.inference import load_run_model, logits_of, per_sample_loss, run_classes
-from core.models import build_skeleton, run_state_dict
+from core.models import run_state_dict
 from core.runs import RunRecord
 
 MiB = 2**20
@@ -55,19 +54,12 @@ def _epochs(record: RunRecord) -> list[dict]:
 # --------------------------------------------------------------------------- the runs table
 
 
-@functools.lru_cache(maxsize=32)
-def _structure(arch: str, num_classes: int) -> tuple[LayerTree, tuple]:
-    """Layer tree and stages of an architecture (immutable; built once per arch and head size)."""
-    skeleton = build_skeleton(arch, num_classes)
-    return layer_tree(skeleton, arch), tuple(stages(skeleton, arch))
-
-
 def trainable_params(record: RunRecord) -> int:
     """Trainable parameters of the run: as the engine counted them, else from its config."""
     for source in (record.summary, record.metrics.get("info") or {}):
         if isinstance(source.get("trainable_params"), int):
             return source["trainable_params"]
-    tree, _ = _structure(record.config.arch, record.config.num_classes)
+    tree, _ = model_structure(record.config.arch, record.config.num_classes)
     return tree.counts(record.config.frozen)[0]
 
 
@@ -160,7 +152,7 @@ def freezing_map(records: Sequence[RunRecord]) -> pd.DataFrame:
     """
     rows, columns = {}, []
     for label, r in zip(run_labels(records), records):
-        tree, trunk = _structure(r.config.arch, r.config.num_classes)
+        tree, trunk = model_structure(r.config.arch, r.config.num_classes)
         mask = tree.frozen_mask(r.config.frozen)
         parts: dict[str, list[int]] = {s.name: [] for s in trunk}
         parts["classifier"], parts["head"] = [], []

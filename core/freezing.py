@@ -16,6 +16,7 @@ back into eval mode so nothing frozen moves.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass
 from itertools import accumulate
@@ -23,7 +24,7 @@ from itertools import accumulate
 import torch
 from torch import nn
 
-from core.models import arch_spec, get_module
+from core.models import arch_spec, build_skeleton, get_module
 
 # --------------------------------------------------------------------------- stages
 
@@ -208,13 +209,11 @@ def set_frozen(model: nn.Module, paths) -> None:
 
 
 def _is_param(model: nn.Module, path: str) -> bool:
-    owner, _, leaf = path.rpartition(".")
     try:
-        return leaf in dict(get_module(model, owner).named_parameters(recurse=False)) if owner else hasattr(
-            model, leaf
-        ) and isinstance(getattr(model, leaf), nn.Parameter)
-    except ValueError:
+        model.get_parameter(path)
+    except AttributeError:
         return False
+    return True
 
 
 def param_counts(model: nn.Module) -> tuple[int, int]:
@@ -438,6 +437,17 @@ class LayerTree:
                     if mask[i] and name.rpartition(".")[0] == node.path:
                         out.append(name)
         return tuple(out)
+
+
+@functools.lru_cache(maxsize=32)
+def model_structure(arch: str, num_classes: int, input_size: tuple[int, int] | None = None) -> tuple[LayerTree, tuple[Stage, ...]]:
+    """Layer tree (with output shapes for `input_size`) and trunk stages of an architecture.
+
+    Both are immutable and depend only on their arguments, so they are built
+    once per process and shared by every page and session.
+    """
+    skeleton = build_skeleton(arch, num_classes)
+    return layer_tree(skeleton, arch, input_size), tuple(stages(skeleton, arch))
 
 
 def layer_tree(model: nn.Module, arch: str, input_size: tuple[int, int] | None = None) -> LayerTree:
