@@ -122,11 +122,16 @@ def live_view(run_id: str) -> None:
         k2.metric("Train accuracy", f"{last['train_acc']:.1%}")
         k3.metric("Images / s", f"{last['images_per_s']:.0f}")
         k4.metric("Peak memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB")
-    cache = snap.info.get("feature_cache") or snap.summary.get("feature_cache")
+    cache = snap.summary.get("feature_cache") or snap.info.get("feature_cache")
     if cache:
-        st.caption(f":material/memory: Feature cache: " + (
-            f"on — the frozen prefix up to `{cache.get('prefix')}` is computed once" if cache.get("used")
-            else f"off — {cache.get('reason')}"))
+        if not cache.get("used"):
+            text = f"off — {cache.get('reason')}"
+        elif cache.get("source") == "disk":
+            text = (f"on — the frozen prefix up to `{cache.get('prefix')}` did not run: its features were stored "
+                    f"by an earlier run on the same data and read back in {cache.get('build_s', 0):.2f} s")
+        else:
+            text = f"on — the frozen prefix up to `{cache.get('prefix')}` is computed once"
+        st.caption(f":material/memory: Feature cache: {text}")
 
     left, right = st.columns(2)
     left.plotly_chart(charts.loss_figure(snap.metrics), key="train_loss_chart", width="stretch")

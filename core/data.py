@@ -43,6 +43,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core import config, demo
+from core.diskcache import atomic_write, load_tensor, save_tensor
 
 Progress = Callable[[int, int, str], None]
 
@@ -235,19 +236,6 @@ def _index_path(root: Path, data_dir: Path) -> Path:
     return data_dir / ".cache" / f"index-{key}.json"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_files(
     root: Path, files: list[tuple[str, int, int]], data_dir: Path, progress: Progress | None
 ) -> dict[str, str | None]:
@@ -283,7 +271,7 @@ def _check_files(
             progress(done, len(todo), f"Checking images: {done}/{len(todo)}")
     if todo or len(fresh) != len(entries):
         try:
-            _atomic_write(index_file, json.dumps({"version": INDEX_VERSION, "entries": fresh}).encode())
+            atomic_write(index_file, json.dumps({"version": INDEX_VERSION, "entries": fresh}).encode())
         except OSError:
             pass  # a read-only data_dir only costs speed
     return verdicts
@@ -666,7 +654,8 @@ def preprocess_for(arch: str, weights: str, image_size: tuple[int, int]) -> Prep
     return Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=(h, w), crop=(h, w))
 
 
-def _decode_key(paths: Sequence[Path], pre: Preprocess) -> str:
+def decode_key(paths: Sequence[Path], pre: Preprocess) -> str:
+    """Identity of a decoded image tensor: the files (path, size, mtime) and the geometry of `pre`."""
     h = hashlib.sha256()
     h.update(json.dumps([DECODE_VERSION, list(pre.resize), list(pre.crop), pre.interpolation]).encode())
     for p in paths:
@@ -710,30 +699,22 @@ def decode_images(
     """Decode, resize and crop every image once into a uint8 tensor [N, 3, crop_h, crop_w].
 
     The result is cached in data_dir/".cache" under a hash of (paths, sizes,
-    mtimes, resize, crop), written atomically; a later call with the same
-    files and sizes loads the tensor without opening a single image. A file
-    that no longer decodes raises `DatasetError` naming it.
+    mtimes, resize, crop) (`core.diskcache`: written atomically, least recently
+    used evicted first); a later call with the same files and sizes loads the
+    tensor without opening a single image. A file that no longer decodes
+    raises `DatasetError` naming it.
     """
     data_dir = Path(data_dir) if data_dir is not None else config.data_dir()
-    cache = data_dir / ".cache" / f"decoded-{_decode_key(paths, pre)}.pt"
-    if cache.exists():
-        try:
-            x = torch.load(cache, weights_only=True, mmap=True)
-            if isinstance(x, torch.Tensor) and x.shape == (len(paths), 3, *pre.crop) and x.dtype == torch.uint8:
-                return x
-        except Exception:  # a damaged cache file is rebuilt, never trusted
-            pass
+    cache = data_dir / ".cache" / f"decoded-{decode_key(paths, pre)}.pt"
+    x = load_tensor(cache, shape=(len(paths), 3, *pre.crop), dtype=torch.uint8)
+    if x is not None:
+        return x
     out = torch.empty((len(paths), 3, *pre.crop), dtype=torch.uint8)
     for i, p in enumerate(paths):
         out[i] = decode_one(p, pre)
         if progress and ((i + 1) % 500 == 0 or i + 1 == len(paths)):
             progress(i + 1, len(paths), f"Decoding images: {i + 1}/{len(paths)}")
-    try:
-        buf = io.BytesIO()
-        torch.save(out, buf)
-        _atomic_write(cache, buf.getvalue())
-    except OSError:
-        pass  # no cache on a read-only or full disk: slower, still correct
+    save_tensor(cache, out)  # no cache on a read-only or full disk: slower, still correct
     return out
 
 

@@ -16,18 +16,21 @@ Data path (DESIGN "Performance design")
     horizontal flip through a per-sample mask, colour jitter through per-sample
     brightness / contrast / saturation factors.
 
-Feature cache
-    `forward_chain(model, arch)` writes each catalog model as the sequence of
-    named steps its `forward` runs (VGG: ``features.0`` ... ``avgpool``,
-    ``flatten``, ``classifier.0`` ...; ResNet: ``conv1`` ... ``layer4.1``,
-    ``avgpool``, ``flatten``, ``fc``). The longest prefix of steps that holds
-    no trainable parameter and behaves the same in train and eval mode (no
-    Dropout / StochasticDepth, no BatchNorm that would update its statistics)
-    is a fixed function of the image. Without augmentation its output is
-    computed once per image and the run trains only the remaining steps on
-    those features: epochs after the first cost only the trainable tail. The
-    cache lives in memory for the run; the summary says whether it was used,
-    up to which step, and why not when not.
+Feature cache (`core.features`)
+    The longest prefix of the forward pass that is frozen and behaves the same
+    in train and eval mode is a fixed function of the image. Without
+    augmentation its output is computed once per image, and the run trains
+    only the remaining steps on those features: epochs after the first cost
+    only the trainable tail. The features stay on the device for the run and
+    are stored on disk for later runs with the same prefix and data, which
+    then skip the prefix altogether. The summary says whether the cache was
+    used, up to which step, whether it came from disk, and why not when not.
+
+Timings
+    ``summary["timings"]`` splits the run's wall time into data (index,
+    decoded images, to the device), model (build, weights, to the device),
+    features (prefix features computed or loaded), epochs (training and
+    validation) and finish (audit, weights to the CPU).
 
 Precision
     ``"auto"``: bf16 autocast on CUDA when the GPU supports it, else fp32;
@@ -67,13 +70,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth, roi_align
+from torchvision.ops import roi_align
 
 from core.config import RunConfig
+from core.config import data_dir as default_data_dir
 from core.config import runs_dir as default_runs_dir
-from core.data import Preprocess, decode_images, load_dataset, normalize, preprocess_for
+from core.data import Preprocess, decode_images, decode_key, load_dataset, normalize, preprocess_for
 from core.devices import pick_device, supports_bf16
 from core.freezing import is_frozen_bn, param_counts, param_groups, preset_frozen, set_frozen, set_train_mode
+from core.features import (
+    FeaturePlan,
+    feature_key,
+    feature_shape,
+    forward_chain,
+    load_features,
+    plan_feature_cache,
+    prefix_fingerprint,
+    run_chain,
+    save_features,
+)
 from core.jobs import Monitor, RunCancelled
 from core.models import arch_spec, prepare_model
 
@@ -88,125 +103,6 @@ CROP_RATIO = (3 / 4, 4 / 3)  # random resized crop: aspect ratio of the box
 class TrainResult:
     summary: dict  # JSON-able final figures (see `train`)
     state_dict: dict[str, Tensor]  # trainable parameters + all buffers, on the CPU
-
-
-# --------------------------------------------------------------------------- forward chain
-
-
-class _Step(nn.Module):
-    """A functional step of a model's `forward` (e.g. DenseNet's final relu) as a module."""
-
-    def __init__(self, fn: Callable[[Tensor], Tensor], label: str) -> None:
-        super().__init__()
-        self.fn, self.label = fn, label
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        return self.label
-
-
-def _flatten() -> _Step:
-    return _Step(lambda x: torch.flatten(x, 1), "torch.flatten(x, 1)")
-
-
-def _expand(module: nn.Module, path: str) -> list[tuple[str, nn.Module]]:
-    """A module as its named children when it is a plain `nn.Sequential`, recursively."""
-    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward and len(module):
-        return [step for name, child in module.named_children() for step in _expand(child, f"{path}.{name}")]
-    return [(path, module)]
-
-
-def forward_chain(model: nn.Module, arch: str) -> list[tuple[str, nn.Module]]:
-    """`model`'s forward pass as a list of (name, step); running them in order is `model(x)`.
-
-    Names are the torchvision module paths; plain `nn.Sequential` containers
-    are opened (``features.0``, ``layer3.1``, ``classifier.6``), other blocks
-    (a ResNet BasicBlock, a DenseNet dense block) stay one step. Functional
-    parts of a `forward` become small steps named after what they do
-    (``flatten``, DenseNet's ``relu`` and ``avgpool``).
-    """
-    family = arch_spec(arch).family
-    if family == "resnet":
-        top = [(n, getattr(model, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")]
-        tail = [("flatten", _flatten()), ("fc", model.fc)]
-    elif family in ("vgg", "alexnet", "mobilenet_v3", "efficientnet"):
-        top = [("features", model.features), ("avgpool", model.avgpool)]
-        tail = [("flatten", _flatten()), ("classifier", model.classifier)]
-    elif family == "convnext":  # its classifier flattens (LayerNorm2d, Flatten, Linear)
-        top = [("features", model.features), ("avgpool", model.avgpool)]
-        tail = [("classifier", model.classifier)]
-    elif family == "densenet":
-        top = [("features", model.features)]
-        tail = [
-            ("relu", _Step(F.relu, "F.relu")),
-            ("avgpool", _Step(lambda x: F.adaptive_avg_pool2d(x, (1, 1)), "F.adaptive_avg_pool2d(x, (1, 1))")),
-            ("flatten", _flatten()),
-            ("classifier", model.classifier),
-        ]
-    else:  # a new family in the catalog must say how its forward runs
-        raise NotImplementedError(f"no forward chain for the {family} family")
-    return [step for name, module in top + tail for step in _expand(module, name)]
-
-
-def run_chain(steps: list[tuple[str, nn.Module]], x: Tensor) -> Tensor:
-    for _, step in steps:
-        x = step(x)
-    return x
-
-
-def _varies_in_training(module: nn.Module) -> bool:
-    """Does the module (in its current mode) behave differently from eval mode?"""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.training  # would normalise with batch statistics and update its running ones
-    if isinstance(module, (nn.modules.dropout._DropoutNd, StochasticDepth)):
-        return module.training and module.p > 0
-    return False
-
-
-def frozen_prefix(steps: list[tuple[str, nn.Module]]) -> tuple[int, str | None]:
-    """How many leading steps are a fixed function of the input, in the modules' current modes.
-
-    Call with the model in its training mode (`set_train_mode`). Returns the
-    prefix length and, for the step that ends it, why (or None when every
-    step is fixed, i.e. nothing trains).
-    """
-    for i, (name, step) in enumerate(steps):
-        if any(p.requires_grad for p in step.parameters()):
-            return i, f"{name} trains"
-        for sub_name, sub in step.named_modules(prefix=name):
-            if _varies_in_training(sub):
-                what = "updates its running statistics" if isinstance(sub, nn.modules.batchnorm._BatchNorm) else "is random in training"
-                return i, f"{sub_name} ({type(sub).__name__}) {what}"
-    return len(steps), None
-
-
-@dataclass
-class FeaturePlan:
-    """Whether this phase of the run trains on cached prefix features, and on which prefix."""
-
-    used: bool
-    prefix: str | None  # name of the last cached step
-    reason: str | None  # why not, when not used
-    length: int = 0  # number of cached steps
-    build_s: float = 0.0  # seconds spent computing the features
-
-    def to_dict(self) -> dict:
-        return {"used": self.used, "prefix": self.prefix, "reason": self.reason, "build_s": round(self.build_s, 3)}
-
-
-def plan_feature_cache(steps, config: RunConfig) -> FeaturePlan:
-    """Decide the cache for the model's current frozen set and modes (see `frozen_prefix`)."""
-    n, ends = frozen_prefix(steps)
-    prefix = steps[n - 1][0] if n else None
-    if not config.feature_cache:
-        return FeaturePlan(False, prefix, "switched off for this run", n)
-    if n == 0:
-        return FeaturePlan(False, None, f"no frozen prefix: the first step, {ends}", 0)
-    if config.augment:
-        return FeaturePlan(False, prefix, f"augmentation ({', '.join(config.augment)}) changes every epoch's input", n)
-    return FeaturePlan(True, prefix, None, n)
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -518,11 +414,18 @@ def compute_features(prefix: list[tuple[str, nn.Module]], split: Split, loop: Lo
     return Split(out.contiguous(), split.y)
 
 
-def feature_bytes(prefix: list[tuple[str, nn.Module]], train: Split, val: Split, loop: Loop) -> int:
-    """Bytes the prefix's features of both splits would take (measured on one image)."""
-    with torch.no_grad(), loop.autocast():  # the prefix behaves the same in either mode: no need for eval()
-        f = run_chain(prefix, loop.inputs(train, torch.arange(1), features=False, train=False))
-    return f[0].numel() * f.element_size() * (len(train) + len(val))
+def prefix_features(
+    prefix: list[tuple[str, nn.Module]], split: Split, loop: Loop, *, cache_dir: Path, key: str,
+    shape: tuple[int, ...],
+) -> tuple[Split, str]:
+    """One split's prefix features (one image's are of `shape`) and where they came from: "disk"
+    (an earlier run stored them under `key`) or "computed" (then stored under `key` for later runs)."""
+    stored = load_features(cache_dir, key, (len(split), *shape))
+    if stored is not None:
+        return Split(stored.to(loop.feeder.device), split.y), "disk"
+    features = compute_features(prefix, split, loop)
+    save_features(cache_dir, key, features.x)
+    return features, "computed"
 
 
 def feature_budget(device: torch.device) -> int:
@@ -607,14 +510,18 @@ def train(
     if not dataset.train or not dataset.val:
         raise ValueError(f"The dataset {config.dataset!r} needs images in both the training and the validation split.")
     pre = preprocess_for(config.arch, config.weights, config.image_size)
-    images = {}
+    images, images_keys = {}, {}
     for split_name, samples in (("train", dataset.train), ("val", dataset.val)):
-        x = decode_images([s.path for s in samples], pre)
+        paths = [s.path for s in samples]
+        x = decode_images(paths, pre)
         y = torch.tensor([s.label for s in samples], dtype=torch.long, device=device)
         images[split_name] = Split(place(x, device), y)
+        images_keys[split_name] = decode_key(paths, pre)
     loop = Loop(monitor, Feeder(device, pre, tuple(config.augment), augment_gen), amp_dtype, config.batch_size, fault)
+    timings = {"data_s": time.perf_counter() - t_start}
 
     # --- model
+    t_model = time.perf_counter()
     torch.manual_seed(config.seed)  # the new head's (or a random model's) init, then dropout
     model, load_report = prepare_model(config.arch, config.num_classes, config.weights, runs_dir=runs_dir)
     set_frozen(model, config.frozen)
@@ -624,6 +531,7 @@ def train(
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     steps = forward_chain(model, config.arch)
+    timings["model_s"] = time.perf_counter() - t_model
 
     # Gradual unfreezing (fastai's fine_tune): the first `unfreeze_after` epochs train only the head.
     head_only = preset_frozen(model, config.arch, "head")
@@ -639,7 +547,9 @@ def train(
         set_train_mode(model, config.bn_frozen_eval)
         plan = plan_feature_cache(steps, config)
         if plan.used:
-            need = feature_bytes(steps[: plan.length], images["train"], images["val"], loop)
+            plan.shape = feature_shape(config.arch, config.num_classes, config.image_size, plan.length)
+            elem = amp_dtype.itemsize if amp_dtype else 4
+            need = math.prod(plan.shape) * elem * (len(images["train"]) + len(images["val"]))
             if need > (budget := feature_budget(device)):
                 plan = FeaturePlan(False, plan.prefix, f"the features up to {plan.prefix} would take "
                                    f"{need / 2**20:.0f} MiB (budget {budget / 2**20:.0f} MiB)", plan.length)
@@ -667,7 +577,9 @@ def train(
 
     history: list[dict] = []
     unfreezing = None
-    cache: dict[tuple, Split] = {}  # (dataset, split, preprocess, arch, weights, prefix) -> features
+    cache: dict[tuple[str, str], Split] = {}  # (split, prefix) -> features, for this run
+    cache_dir = default_data_dir() / ".cache"
+    features_s = 0.0
     step = 0
     for phase_index, (first, last, frozen_paths) in enumerate(phases):
         if phase_index > 0:  # unfreeze: the configured frozen set, discriminative rates, a fresh optimizer
@@ -679,15 +591,21 @@ def train(
             t_epoch = time.perf_counter()
             # Feature cache: built in the phase's first epoch, whose time includes it.
             if plan.used:
-                inputs = {}
                 t_build = time.perf_counter()
                 model.eval()
-                for split_name in ("train", "val"):
-                    key = (config.dataset, split_name, pre, config.arch, config.weights, plan.prefix)
-                    if key not in cache:
-                        cache[key] = compute_features(steps[: plan.length], images[split_name], loop)
-                    inputs[split_name] = cache[key]
+                prefix = steps[: plan.length]
+                if any((split_name, plan.prefix) not in cache for split_name in images):
+                    fingerprint = prefix_fingerprint(prefix)
+                    sources = []
+                    for split_name in images:
+                        key = feature_key(images_keys[split_name], pre, fingerprint, amp_dtype, device)
+                        cache[(split_name, plan.prefix)], source = prefix_features(
+                            prefix, images[split_name], loop, cache_dir=cache_dir, key=key, shape=plan.shape)
+                        sources.append(source)
+                    plan.source = "disk" if set(sources) == {"disk"} else "computed"
+                inputs = {split_name: cache[(split_name, plan.prefix)] for split_name in images}
                 plan.build_s += time.perf_counter() - t_build
+                features_s += time.perf_counter() - t_build
                 tail = steps[plan.length:]
                 forward = lambda x: run_chain(tail, x)  # noqa: E731
             else:
@@ -718,6 +636,7 @@ def train(
             first_plan = plan.to_dict()
 
     # --- the end: audit, weights, summary
+    t_finish = time.perf_counter()
     model.eval()
     audit = freeze_audit(model, snapshot)
     state_dict = {name: p.detach().cpu().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -727,6 +646,11 @@ def train(
     feature_cache = plan.to_dict()
     if unfreezing is not None:
         unfreezing["head_only_feature_cache"] = first_plan
+    timings |= {
+        "features_s": features_s,
+        "epochs_s": sum(r["epoch_time_s"] for r in history) - features_s,
+        "finish_s": time.perf_counter() - t_finish,
+    }
     summary = {
         "val_acc": final["val_acc"],
         "best_val_acc": best["val_acc"],
@@ -751,5 +675,6 @@ def train(
         "feature_cache": feature_cache,
         "freeze_audit": audit,
         "load_report": load_report.to_dict() if load_report else None,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     return TrainResult(summary=summary, state_dict=state_dict)

@@ -19,17 +19,15 @@ from core.data import DatasetError
 from core.freezing import is_frozen_bn, preset_frozen, set_frozen, set_train_mode
 from core.jobs import RunCancelled
 from core.models import build_model, build_skeleton
+from core.features import forward_chain, run_chain
 from core.training import (
     FAULT_ENV,
     augment_batch,
     batch_slices,
     build_optimizer,
     color_jitter,
-    forward_chain,
-    frozen_prefix,
     random_flip,
     random_resized_crop,
-    run_chain,
     train,
 )
 
@@ -106,48 +104,6 @@ def config_for(folder, preset="head", arch="resnet18", **changes) -> RunConfig:
 def run(config, tmp_path, monitor=None):
     monitor = monitor or Recorder()
     return train(config, monitor, device=CPU, runs_dir=tmp_path / "runs"), monitor
-
-
-# --------------------------------------------------------------------------- forward chain
-
-
-@pytest.mark.parametrize(
-    "arch", ["alexnet", "vgg11_bn", "resnet18", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "convnext_tiny"]
-)
-def test_forward_chain_reproduces_the_model(arch):
-    torch.manual_seed(0)
-    model = build_model(arch, 5).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(run_chain(forward_chain(model, arch), x), model(x))
-
-
-def test_forward_chain_names_follow_torchvision():
-    model = build_skeleton("resnet18", 3)
-    names = [n for n, _ in forward_chain(model, "resnet18")]
-    assert names[:5] == ["conv1", "bn1", "relu", "maxpool", "layer1.0"]
-    assert names[-3:] == ["avgpool", "flatten", "fc"]
-    vgg = [n for n, _ in forward_chain(build_skeleton("vgg11", 3), "vgg11")]
-    assert vgg[0] == "features.0" and vgg[-9:] == ["avgpool", "flatten"] + [f"classifier.{i}" for i in range(7)]
-
-
-def test_frozen_prefix_stops_at_training_parameters_dropout_and_moving_batchnorm():
-    model = build_skeleton("resnet18", 3)
-    set_frozen(model, preset_frozen(model, "resnet18", "head"))
-    steps = forward_chain(model, "resnet18")
-    set_train_mode(model, bn_frozen_eval=True)
-    n, why = frozen_prefix(steps)
-    assert steps[n - 1][0] == "flatten" and why == "fc trains"
-    set_train_mode(model, bn_frozen_eval=False)  # frozen BN would update its statistics
-    n, why = frozen_prefix(steps)
-    assert n == 1 and "bn1" in why
-
-    vgg = build_skeleton("vgg11", 3)
-    set_frozen(vgg, preset_frozen(vgg, "vgg11", "head"))
-    steps = forward_chain(vgg, "vgg11")
-    set_train_mode(vgg)
-    n, why = frozen_prefix(steps)
-    assert steps[n - 1][0] == "classifier.1" and "Dropout" in why
 
 
 # --------------------------------------------------------------------------- optimizer

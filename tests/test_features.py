@@ -1,0 +1,175 @@
+"""The feature cache: the forward chain, the frozen prefix, and features stored on disk for later runs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from core import diskcache
+from core.features import forward_chain, frozen_prefix, prefix_fingerprint, run_chain
+from core.freezing import preset_frozen, set_frozen, set_train_mode
+from core.models import build_model, build_skeleton
+from core.training import FAULT_ENV
+from tests.test_training import CLASSES, config_for, draw_folder, run
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return draw_folder(tmp_path / "shapes", per_class=8)
+
+
+def stored(tmp_path):
+    return sorted((tmp_path / "data" / ".cache").glob("features-*.pt"))
+
+
+# --------------------------------------------------------------------------- forward chain
+
+
+@pytest.mark.parametrize(
+    "arch", ["alexnet", "vgg11_bn", "resnet18", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "convnext_tiny"]
+)
+def test_forward_chain_reproduces_the_model(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(run_chain(forward_chain(model, arch), x), model(x))
+
+
+def test_forward_chain_names_follow_torchvision():
+    model = build_skeleton("resnet18", 3)
+    names = [n for n, _ in forward_chain(model, "resnet18")]
+    assert names[:5] == ["conv1", "bn1", "relu", "maxpool", "layer1.0"]
+    assert names[-3:] == ["avgpool", "flatten", "fc"]
+    vgg = [n for n, _ in forward_chain(build_skeleton("vgg11", 3), "vgg11")]
+    assert vgg[0] == "features.0" and vgg[-9:] == ["avgpool", "flatten"] + [f"classifier.{i}" for i in range(7)]
+
+
+def test_frozen_prefix_stops_at_training_parameters_dropout_and_moving_batchnorm():
+    model = build_skeleton("resnet18", 3)
+    set_frozen(model, preset_frozen(model, "resnet18", "head"))
+    steps = forward_chain(model, "resnet18")
+    set_train_mode(model, bn_frozen_eval=True)
+    n, why = frozen_prefix(steps)
+    assert steps[n - 1][0] == "flatten" and why == "fc trains"
+    set_train_mode(model, bn_frozen_eval=False)  # frozen BN would update its statistics
+    n, why = frozen_prefix(steps)
+    assert n == 1 and "bn1" in why
+
+    vgg = build_skeleton("vgg11", 3)
+    set_frozen(vgg, preset_frozen(vgg, "vgg11", "head"))
+    steps = forward_chain(vgg, "vgg11")
+    set_train_mode(vgg)
+    n, why = frozen_prefix(steps)
+    assert steps[n - 1][0] == "classifier.1" and "Dropout" in why
+
+
+
+
+# --------------------------------------------------------------------------- prefix fingerprint
+
+
+def test_fingerprint_follows_every_bit_of_the_prefix():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3).eval()
+    steps = forward_chain(model, "resnet18")[:6]
+    before = prefix_fingerprint(steps)
+    assert prefix_fingerprint(steps) == before
+    w = model.layer1[0].conv1.weight.data.view(-1)
+    w[7] = torch.nextafter(w[7], torch.tensor(float("inf")))  # one ulp
+    assert prefix_fingerprint(steps) != before
+    model.bn1.running_mean.data[0] += 1  # buffers count too
+    changed = prefix_fingerprint(steps)
+    assert changed != before and prefix_fingerprint(forward_chain(model, "resnet18")[:5]) != changed
+
+
+# --------------------------------------------------------------------------- features on disk, across runs
+
+
+def test_a_second_run_on_the_same_prefix_reads_the_features_from_disk(folder, tmp_path):
+    first, first_monitor = run(config_for(folder, "head"), tmp_path)
+    assert first.summary["feature_cache"]["source"] == "computed"
+    assert len(stored(tmp_path)) == 2  # train and val
+    # Another learning rate and epoch count on the same frozen backbone: the prefix does not run.
+    second, _ = run(config_for(folder, "head", lr=0.05, epochs=3), tmp_path)
+    assert second.summary["feature_cache"]["source"] == "disk"
+    assert len(stored(tmp_path)) == 2
+    # Features from disk are the same tensors: the same config trains to the same bits.
+    again, again_monitor = run(config_for(folder, "head"), tmp_path)
+    assert again.summary["feature_cache"]["source"] == "disk"
+    assert again_monitor.losses == first_monitor.losses
+    assert torch.equal(again.state_dict["fc.weight"], first.state_dict["fc.weight"])
+
+
+def test_timings_add_up_to_the_run(folder, tmp_path):
+    result, _ = run(config_for(folder, "head"), tmp_path)
+    t = result.summary["timings"]
+    assert set(t) == {"data_s", "model_s", "features_s", "epochs_s", "finish_s"}
+    assert all(v >= 0 for v in t.values()) and t["features_s"] > 0
+    assert sum(t.values()) == pytest.approx(result.summary["total_time_s"], abs=0.2)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},  # weights "none": another seed is another random backbone
+        {"preset": "last1"},  # a shorter prefix (layer4 trains)
+        {"image_size": (40, 40)},  # other decoded images
+        {"precision": "bf16"},  # features in another dtype
+    ],
+)
+def test_anything_the_features_depend_on_gives_new_ones(folder, tmp_path, change):
+    run(config_for(folder, "head"), tmp_path)
+    if "preset" in change:
+        change = change | {"frozen": preset_frozen(build_skeleton("resnet18", len(CLASSES)), "resnet18", change["preset"])}
+    result, _ = run(config_for(folder, **({"preset": "head"} | change)), tmp_path)
+    assert result.summary["feature_cache"]["used"]
+    assert result.summary["feature_cache"]["source"] == "computed"
+    assert len(stored(tmp_path)) == 4
+
+
+def test_an_edited_image_gives_new_features(folder, tmp_path):
+    run(config_for(folder, "head"), tmp_path)
+    image = next((folder / CLASSES[0]).glob("*.png"))
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    result, _ = run(config_for(folder, "head"), tmp_path)
+    assert result.summary["feature_cache"]["source"] == "computed"
+
+
+def test_a_damaged_feature_file_is_recomputed_not_trusted(folder, tmp_path):
+    first, first_monitor = run(config_for(folder, "head"), tmp_path)
+    for path in stored(tmp_path):
+        path.write_bytes(b"not a tensor")
+    again, again_monitor = run(config_for(folder, "head"), tmp_path)
+    assert again.summary["feature_cache"]["source"] == "computed"
+    assert again_monitor.losses == first_monitor.losses
+
+
+def test_prune_evicts_least_recently_used_first(tmp_path):
+    sizes = {}
+    for i in range(4):
+        path = tmp_path / f"features-{i}.pt"
+        assert diskcache.save_tensor(path, torch.zeros(1000, dtype=torch.uint8), budget=1 << 20)
+        os.utime(path, ns=(i * 10**9, i * 10**9))
+        sizes[path.name] = path.stat().st_size
+    assert diskcache.load_tensor(tmp_path / "features-0.pt") is not None  # a hit makes 0 the most recent
+    (tmp_path / "decoded-x.pt").write_bytes(b"x" * 5000)  # another kind: never counted or deleted
+    budget = sizes["features-0.pt"] + sizes["features-3.pt"]
+    deleted = diskcache.prune(tmp_path, "features-*.pt", budget)
+    assert sorted(p.name for p in deleted) == ["features-1.pt", "features-2.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoded-x.pt", "features-0.pt", "features-3.pt"]
+
+
+def test_a_tensor_over_half_the_budget_is_not_stored(tmp_path):
+    assert not diskcache.save_tensor(tmp_path / "features-big.pt", torch.zeros(600), budget=4000)
+    assert not (tmp_path / "features-big.pt").exists()
