@@ -233,13 +233,16 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> tuple[torch.optim.Op
     """The optimizer over `param_groups` (trainable parameters only, named groups), and their description.
 
     Like nanoGPT's `configure_optimizers`: only `requires_grad` parameters go
-    in, and each group says how many tensors and parameters it holds. The new
-    head trains at `lr`, other trainable layers at `lr * backbone_lr_mult`.
+    in, each group says how many tensors and parameters it holds, and on CUDA
+    and the CPU the fused implementation (one kernel for the whole update) is
+    used. The new head trains at `lr`, other trainable layers at
+    `lr * backbone_lr_mult`.
     """
     groups = param_groups(model, config.arch, config.lr, config.backbone_lr_mult)
     if not groups:
         raise ValueError("Every parameter is frozen: nothing would train. Unfreeze at least the new head.")
-    kwargs = {"lr": config.lr, "weight_decay": config.weight_decay}
+    device_type = groups[0]["params"][0].device.type
+    kwargs = {"lr": config.lr, "weight_decay": config.weight_decay, "fused": device_type in ("cuda", "cpu")}
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, momentum=0.9, **kwargs)
     elif config.optimizer == "adam":

@@ -116,6 +116,9 @@ def test_optimizer_holds_exactly_the_trainable_parameters(preset, optimizer):
     set_frozen(model, preset_frozen(model, "resnet18", preset))
     config = RunConfig(arch="resnet18", num_classes=3, optimizer=optimizer, lr=0.1, backbone_lr_mult=0.1)
     opt, groups = build_optimizer(model, config)
+    assert not opt.defaults["fused"]  # a meta-device model: no fused kernels there
+    opt, groups = build_optimizer(model.to_empty(device="cpu"), config)
+    assert opt.defaults["fused"]  # one kernel for the whole update on the CPU (and CUDA)
     in_opt = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(in_opt) == len(set(in_opt))
     assert set(in_opt) == {id(p) for p in model.parameters() if p.requires_grad}
