@@ -92,6 +92,7 @@ Units and conventions:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -276,6 +277,7 @@ def _record(model: nn.Module, leaves, owners, excluded: set[int], bit_of: dict[i
     saved: dict[int, int] = {}
     memo: dict[int, int] = {}  # id(autograd node) -> bit mask of the parameters behind it
     handles = []
+    flipped: list[nn.Module] = []  # BatchNorms put in eval mode for this call (`_one_value_per_channel`)
 
     def deps(t: torch.Tensor) -> int:
         if t.grad_fn is None:
@@ -287,6 +289,9 @@ def _record(model: nn.Module, leaves, owners, excluded: set[int], bit_of: dict[i
             state["inside"] = True
             x = args[0] if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
             rec.keep.append(args)
+            if x is not None and _one_value_per_channel(mod, x.shape) and mod.training:
+                mod.eval()
+                flipped.append(mod)
             if x is None:
                 rec.calls.append([path, module, None, None, None, 0, 0, None, 0])
             else:
@@ -295,6 +300,8 @@ def _record(model: nn.Module, leaves, owners, excluded: set[int], bit_of: dict[i
         return hook
 
     def post(mod, args, out):
+        if flipped and flipped[-1] is mod:
+            flipped.pop().train()
         state["inside"] = False
         state["count"] += 1
         if isinstance(out, torch.Tensor):
@@ -361,7 +368,7 @@ def _isolated(module: nn.Module, shape, stride, config: str):
     Returns (fwd FLOPs, bwd FLOPs, saved edge labels, other float bytes, other int bytes, fixed bytes).
     """
     input_grad, weight_grad, training = _CONFIGS[config]
-    module.train(training)
+    module.train(training and not _one_value_per_channel(module, shape))
     own = list(module.parameters())
     flags = [p.requires_grad for p in own]
     for p in own:
@@ -399,6 +406,17 @@ def _isolated(module: nn.Module, shape, stride, config: str):
         else:
             other_int += _nbytes(t)
     return fwd, bwd, frozenset(labels), other_float, other_int, fixed
+
+
+def _one_value_per_channel(module: nn.Module, shape) -> bool:
+    """A BatchNorm whose batch-of-one input holds one value per channel (a feature map shrunk to 1x1).
+
+    Training mode refuses such an input, so the profile records that call in
+    eval mode. In real training the batch holds several images (a batch of
+    one is never formed, see `core.training.batch_slices`); the two modes save
+    the same input edge and differ only by a few per-channel statistics.
+    """
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and math.prod((shape[0], *shape[2:])) == 1
 
 
 def _per_image(t: torch.Tensor) -> bool:

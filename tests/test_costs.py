@@ -55,6 +55,20 @@ def test_estimate_matches_the_whole_graph_measurement(profiles, arch, preset):
     assert close(est.activations_bytes, exact.activations_bytes, rel=0.001)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_large", "densenet121"])
+def test_small_inputs_whose_maps_shrink_to_one_pixel(arch):
+    """At 32 px these nets end in 1x1 maps: a BatchNorm there sees one value per channel in the
+    batch-of-one profile pass, which training mode refuses (the Model page used to fail here)."""
+    profile = cost_profile(arch, NUM_CLASSES, (32, 32))
+    assert profile.residual_bytes == 0
+    for preset in ("full", "last2", "head"):
+        frozen = frozen_for(arch, preset)
+        est = estimate(profile, frozen, batch_size=2)
+        exact = measure_exact(arch, NUM_CLASSES, (32, 32), frozen, batch_size=2)
+        assert (est.fwd_flops, est.bwd_flops, est.activations_bytes) == (
+            exact.fwd_flops, exact.bwd_flops, exact.activations_bytes)
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11", "mobilenet_v3_large"])
 def test_profile_misses_nothing_in_the_all_trainable_graph(profiles, arch):
     assert profiles(arch).residual_bytes == 0
