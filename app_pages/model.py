@@ -89,8 +89,8 @@ source = c_weights.selectbox(
          "or an earlier run (e.g. a backbone pretrained on the demo-source dataset).",
 )
 classes = st.session_state.get("dataset_classes")
-num_classes = c_classes.number_input(
-    "Classes", min_value=2, max_value=10_000, value=cfg.num_classes, step=1, key="model_classes",
+num_classes = c_classes.number_input(  # the limit grows with a dataset of more classes (then the box is disabled)
+    "Classes", min_value=2, max_value=max(10_000, cfg.num_classes), value=cfg.num_classes, step=1, key="model_classes",
     disabled=classes is not None,
     help="Size of the new head. Follows the dataset chosen on the Data page." if classes else "Size of the new head.",
 )
@@ -127,17 +127,16 @@ elif source == "checkpoint":
     c_up, c_path = st.columns(2)
     upload = c_up.file_uploader("Upload a state dict", type=["pt", "pth", "safetensors"], key="model_ckpt_upload")
     typed = c_path.text_input("…or a checkpoint path on the server", key="model_ckpt_path")
-    try:
+    try:  # a refused checkpoint is neither stored nor put in the draft
         if upload is not None:
             state = read_state_dict(upload.getvalue())  # refuses anything that is not plain tensors
+            report = checkpoint_report(skeleton(arch, cfg.num_classes), arch, state, source=upload.name)
             cfg = update_draft(weights=str(store_checkpoint(upload.getvalue(), upload.name, data_dir())))
+            report.source = cfg.weights
         elif typed:
             state = read_state_dict(typed)
+            report = checkpoint_report(skeleton(arch, cfg.num_classes), arch, state, source=typed)
             cfg = update_draft(weights=typed)
-        else:
-            state = None
-        if state is not None:
-            report = checkpoint_report(skeleton(arch, cfg.num_classes), arch, state, source=cfg.weights)
     except (CheckpointError, OSError) as exc:
         st.error(str(exc), icon=":material/error:")
 elif source == "run":
@@ -241,26 +240,32 @@ with tab_tree:
 
 # --- cost -------------------------------------------------------------------------------------
 with tab_cost:
-    profile = profile_for(arch, cfg.num_classes, cfg.image_size)
-    options = dict(optimizer=cfg.optimizer, batch_size=cfg.batch_size, precision="fp32", bn_frozen_eval=cfg.bn_frozen_eval)
-    mine = costs.estimate(profile, cfg.frozen, **options)
-    full = costs.estimate(profile, (), **options)
-    ratio = costs.compare_to_full(mine, full)
-    st.markdown(
-        f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
-        f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "
-        f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, fp32)."
-    )
-    st.dataframe(
-        pd.DataFrame({
-            "": [r["quantity"] for r in mine.to_rows()],
-            "This choice": [r["value"] for r in mine.to_rows()],
-            "Full fine-tune": [r["value"] for r in full.to_rows()],
-        }),
-        hide_index=True, width="stretch",
-    )
-    st.caption("FLOPs counted with torch.utils.flop_counter; activation memory is what autograd saves for "
-               "backward, measured with saved-tensor hooks on the model's structure (no compute).")
+    try:
+        profile = profile_for(arch, cfg.num_classes, cfg.image_size)
+    except ValueError as exc:  # e.g. BatchNorm refuses one value per channel when a small input shrinks to 1x1
+        profile = None
+        st.warning(f"No cost estimate for {CATALOG[arch].label} at {cfg.image_size[0]}×{cfg.image_size[1]}: {exc}",
+                   icon=":material/warning:")
+    if profile is not None:
+        options = dict(optimizer=cfg.optimizer, batch_size=cfg.batch_size, precision="fp32", bn_frozen_eval=cfg.bn_frozen_eval)
+        mine = costs.estimate(profile, cfg.frozen, **options)
+        full = costs.estimate(profile, (), **options)
+        ratio = costs.compare_to_full(mine, full)
+        st.markdown(
+            f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
+            f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "
+            f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, fp32)."
+        )
+        st.dataframe(
+            pd.DataFrame({
+                "": [r["quantity"] for r in mine.to_rows()],
+                "This choice": [r["value"] for r in mine.to_rows()],
+                "Full fine-tune": [r["value"] for r in full.to_rows()],
+            }),
+            hide_index=True, width="stretch",
+        )
+        st.caption("FLOPs counted with torch.utils.flop_counter; activation memory is what autograd saves for "
+                   "backward, measured with saved-tensor hooks on the model's structure (no compute).")
 
 # --- code -------------------------------------------------------------------------------------
 with tab_code:

@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
 PRECISIONS = ("auto", "fp32", "bf16")
 AUGMENTATIONS = ("crop", "flip", "jitter")
+MAX_SEED = 2**31 - 1  # torch generators take at most 64 bits (and seed + 1 is used); the Train page's limit
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class RunConfig:
             problems.append(f"validation fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.unfreeze_after < self.epochs:
             problems.append("gradual unfreezing must start before the last epoch")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be 0-{MAX_SEED}, got {self.seed}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"unknown optimizer {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import os
 import random
 import re
@@ -34,6 +35,7 @@ import struct
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,12 +321,15 @@ def load_folder(
     """Read an ImageFolder-style folder (flat or with train/ and val/), check its images and split it."""
     if not root.is_dir():
         raise DatasetError(f"No folder at {root}. Type the path of a folder that holds one subfolder per class.")
-    root = _find_root(root)
-    split = _split_dirs(root)
-    if split:
-        groups = {"train": _scan_classes(split[0], root), "val": _scan_classes(split[1], root)}
-    else:
-        groups = {"all": _scan_classes(root, root)}
+    try:
+        root = _find_root(root)
+        split = _split_dirs(root)
+        if split:
+            groups = {"train": _scan_classes(split[0], root), "val": _scan_classes(split[1], root)}
+        else:
+            groups = {"all": _scan_classes(root, root)}
+    except OSError as exc:  # e.g. a folder this user may not read
+        raise DatasetError(f"Cannot read the folder {root}: {exc.strerror or exc}.") from None
     all_files = [f for g in groups.values() for files in g.values() for f in files]
     if progress:
         progress(0, max(len(all_files), 1), f"Scanning {len(all_files)} files")
@@ -594,7 +599,12 @@ def _extract_checked(zf: zipfile.ZipFile, target: Path) -> None:
         out = target.joinpath(*parts)
         if not out.resolve().is_relative_to(target.resolve()):
             raise DatasetError(f"Rejected: the zip entry {info.filename!r} points outside the dataset folder.")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # an earlier entry is a file where this one needs a folder
+            raise DatasetError(f"Rejected: the zip entry {info.filename!r} lies under a name that is also a file in the zip.") from None
+        except OSError as exc:  # e.g. a folder name too long for this file system
+            raise DatasetError(f"Could not extract {info.filename} from the zip: {exc.strerror or exc}.") from None
         written = 0
         try:
             with zf.open(info) as src, open(out, "xb") as dst:
@@ -617,8 +627,11 @@ def _extract_checked(zf: zipfile.ZipFile, target: Path) -> None:
                     dst.write(chunk)
         except FileExistsError:
             raise DatasetError(f"Rejected: the zip holds {info.filename!r} twice.") from None
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError,
+                zlib.error, lzma.LZMAError) as exc:  # zlib/lzma: a corrupt compressed stream
             raise DatasetError(f"The zip is damaged or uses an unsupported feature ({info.filename}: {exc}).") from None
+        except OSError as exc:  # a corrupt bzip2 stream ("Invalid data stream"), or the disk is full
+            raise DatasetError(f"Could not extract {info.filename} from the zip: {exc.strerror or exc}.") from None
 
 
 # --- transforms and decoded tensors ---------------------------------------------------------------

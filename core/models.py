@@ -24,6 +24,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -261,6 +262,37 @@ class LoadReport:
 
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+MAX_CHECKPOINT_BYTES = 4 * 1024**3  # VGG-19 with Adam state is under 2 GB
+
+
+def _read_checkpoint_file(path: Path) -> bytes:
+    """The bytes of a checkpoint path typed by a user: a regular file of sane size, or `CheckpointError`.
+
+    A folder, a device such as /dev/zero (read forever) or a FIFO (blocks forever) is refused before opening it.
+    """
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise CheckpointError(f"No checkpoint file at {path} ({exc.strerror or exc}).") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path} is not a checkpoint file (it is a folder or a special file).")
+    if info.st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(
+            f"The checkpoint {path} is {info.st_size / 1024**3:.1f} GB; the limit is {MAX_CHECKPOINT_BYTES / 1024**3:.0f} GB."
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"Cannot read the checkpoint {path}: {exc.strerror or exc}.") from None
+
+
+def _unsafe_load_reason(exc: Exception) -> str:
+    """What a refused `torch.load(weights_only=True)` met, in a few words (torch's own text advises unsafe loading)."""
+    text = str(exc)
+    if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return f"it refers to {found.group(1)}, which weights_only loading refuses: loading it could run code"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0][:200]}" if first else type(exc).__name__
 
 
 def read_state_dict(source: Path | str | bytes) -> dict[str, torch.Tensor]:
@@ -271,7 +303,7 @@ def read_state_dict(source: Path | str | bytes) -> dict[str, torch.Tensor]:
     a training checkpoint (``{"state_dict": ...}``, ``{"model": ...}``), and
     ``DataParallel``'s ``module.`` prefix. Raises `CheckpointError`.
     """
-    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    data = _read_checkpoint_file(Path(source)) if isinstance(source, (str, Path)) else bytes(source)
     name = str(source) if isinstance(source, (str, Path)) else "upload"
     if not data:
         raise CheckpointError(f"The checkpoint {name} is empty.")
@@ -281,7 +313,7 @@ def read_state_dict(source: Path | str | bytes) -> dict[str, torch.Tensor]:
         except Exception as exc:  # UnpicklingError, RuntimeError, ... : never run what's inside
             raise CheckpointError(
                 f"The checkpoint {name} could not be read safely: it is not a plain state dict "
-                f"of tensors ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+                f"of tensors ({_unsafe_load_reason(exc)}). "
                 "Save it with torch.save(model.state_dict(), path) or as safetensors."
             ) from None
     else:
