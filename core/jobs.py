@@ -44,6 +44,7 @@ import torch
 
 from core.config import RunConfig
 from core.devices import pick_device
+from core.models import check_checkpoint_path
 from core.runs import (
     CANCELLED,
     FAILED,
@@ -358,6 +359,20 @@ class _Job:
     done: threading.Event
 
 
+def check_weights(config: RunConfig, store: RunStore) -> None:
+    """The run's starting weights exist, else ValueError (`CheckpointError`) before any run is created.
+
+    A checkpoint path must be a regular file of sane size (`check_checkpoint_path`,
+    a stat); ``run:<id>`` a run of `store` (queued or running is fine: the
+    queue trains it first). ImageNet weights are downloaded when the run starts.
+    """
+    if config.weights.startswith("run:"):
+        if not store.exists(config.weights.removeprefix("run:")):
+            raise ValueError(f"There is no run {config.weights.removeprefix('run:')!r} to start from.")
+    elif config.weights not in ("none", "imagenet"):
+        check_checkpoint_path(config.weights)
+
+
 class JobManager:
     """Queue of runs for one device, trained one at a time by one daemon worker thread."""
 
@@ -383,8 +398,12 @@ class JobManager:
     # --- submitting and cancelling ------------------------------------------------------
     def submit(self, config: RunConfig, *, owner: str = "", name: str | None = None) -> str:
         """Validate `config` (ValueError for the user: nothing is created), store it
-        as a queued run and queue it. Returns the run id."""
+        as a queued run and queue it. Returns the run id.
+
+        Besides `RunConfig.validate`, the starting weights must be there (`check_weights`).
+        """
         config.validate()
+        check_weights(config, self.store)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job manager has shut down")

@@ -265,11 +265,14 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 MAX_CHECKPOINT_BYTES = 4 * 1024**3  # VGG-19 with Adam state is under 2 GB
 
 
-def _read_checkpoint_file(path: Path) -> bytes:
-    """The bytes of a checkpoint path typed by a user: a regular file of sane size, or `CheckpointError`.
+def check_checkpoint_path(path: Path | str) -> None:
+    """A checkpoint path typed by a user is a regular file of sane size, else `CheckpointError`.
 
-    A folder, a device such as /dev/zero (read forever) or a FIFO (blocks forever) is refused before opening it.
+    Only a `stat`: cheap enough to refuse a run before it is created rather
+    than fail it when it starts. A folder, a device such as /dev/zero (read
+    forever) or a FIFO (blocks forever) is refused before opening it.
     """
+    path = Path(path)
     try:
         info = path.stat()
     except OSError as exc:
@@ -280,6 +283,11 @@ def _read_checkpoint_file(path: Path) -> bytes:
         raise CheckpointError(
             f"The checkpoint {path} is {info.st_size / 1024**3:.1f} GB; the limit is {MAX_CHECKPOINT_BYTES / 1024**3:.0f} GB."
         )
+
+
+def _read_checkpoint_file(path: Path) -> bytes:
+    """The bytes of a checkpoint path typed by a user (`check_checkpoint_path` first), or `CheckpointError`."""
+    check_checkpoint_path(path)
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -433,8 +441,6 @@ def prepare_model(
         state, source = run_state_dict(weights.removeprefix("run:"), arch, runs_dir=runs_dir)
     else:
         path = Path(weights)
-        if not path.is_file():
-            raise CheckpointError(f"No checkpoint file at {path}.")
         state, source = read_state_dict(path), path.name
     return model, load_checkpoint(model, arch, state, source=source)
 

@@ -149,7 +149,7 @@ def describe(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from core.jobs import RunMonitor, execute
+    from core.jobs import RunMonitor, check_weights, execute
     from core.runs import FINISHED, RunStore
 
     def fail(reason: str, run_id: str | None = None, status: str = "failed") -> int:
@@ -158,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"run_id": run_id, "status": status, "reason": reason}, indent=2))
         return 1
 
+    store = RunStore(args.runs_dir)
     try:
         config = make_config(args)
+        check_weights(config, store)
         device = torch.device(args.device) if args.device else pick_device()
     except (ValueError, RuntimeError) as exc:  # DatasetError, CheckpointError, unknown preset/arch/device
         return fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
-    store = RunStore(args.runs_dir)
     run_id = store.create(config, name=args.name, owner="cli")
     print(f"run {run_id} in {store.root} on {describe_device(device)}", file=sys.stderr, flush=True)
     monitor = RunMonitor(store, run_id, listener=_progress)

@@ -703,15 +703,18 @@ def test_cli_unreadable_dataset_folder_is_a_message(tmp_path, capsys):
         locked.chmod(0o755)
 
 
-def test_cli_missing_checkpoint_fails_its_run_with_the_reason(cli_folder, tmp_path, capsys):
-    """The command line checks the weights when the run starts: the run is recorded as failed, with the reason."""
-    runs, missing = tmp_path / "runs", tmp_path / "no-such.pt"
-    args = ["--dataset", str(cli_folder), "--weights", str(missing), "--epochs", "1", "--image-size", "32",
+@pytest.mark.parametrize("weights", ["no-such.pt", "run:20990101-000000-dead"])
+def test_cli_missing_starting_weights_are_refused_before_any_run(cli_folder, tmp_path, capsys, weights):
+    """A checkpoint path that is not a file, or a run that does not exist: refused, no run is created."""
+    runs = tmp_path / "runs"
+    weights = weights if weights.startswith("run:") else str(tmp_path / weights)
+    args = ["--dataset", str(cli_folder), "--weights", weights, "--epochs", "1", "--image-size", "32",
             "--device", "cpu", "--runs-dir", str(runs), "--json"]
     assert cli_main(args) == 1
     result = json.loads(capsys.readouterr().out)
-    assert result["status"] == "failed" and f"No checkpoint file at {missing}" in result["reason"]
-    assert RunStore(runs).load(result["run_id"]).status == "failed"
+    expected = "There is no run" if weights.startswith("run:") else f"No checkpoint file at {weights}"
+    assert result["run_id"] is None and expected in result["reason"]
+    assert RunStore(runs).list() == []
 
 
 def test_cli_number_that_is_not_a_number_is_an_argparse_error(capsys):

@@ -56,16 +56,21 @@ def test_cli_trains_then_reuses_the_run_as_weights(tmp_path, env, capsys):
     assert config.weights == f"run:{first['run_id']}" and config.num_classes == 3 and "layer4" in config.frozen
 
 
-def test_cli_reports_failures(tmp_path, env, capsys):
+def test_cli_reports_failures(tmp_path, env, capsys, monkeypatch):
     folder = draw_folder(tmp_path / "shapes", per_class=4)
     args = ["--dataset", str(folder), "--image-size", "32", "--epochs", "1", "--runs-dir", str(tmp_path / "runs"),
             "--device", "cpu", "--json"]
     assert main(["--preset", "fc1_fc2", *args]) == 1  # a VGG preset on a ResNet: refused before any run
     out = capsys.readouterr()
     assert json.loads(out.out)["status"] == "failed" and "VGG" in out.err
-    assert main(["--preset", "head", "--weights", "run:nope", *args]) == 1  # fails inside the run: recorded
+    assert main(["--preset", "head", "--weights", "run:nope", *args]) == 1  # no such run: refused before any run
+    refused = json.loads(capsys.readouterr().out)
+    assert refused["run_id"] is None and "nope" in refused["reason"]
+    assert RunStore(tmp_path / "runs").list() == []
+    monkeypatch.setenv("FREEZE_LAB_FAULT", "error@1")
+    assert main(["--preset", "head", *args]) == 1  # fails inside the run: recorded with its reason
     failed = json.loads(capsys.readouterr().out)
-    assert failed["status"] == "failed" and "nope" in failed["reason"]
+    assert failed["status"] == "failed" and "simulated failure" in failed["reason"]
     assert RunStore(tmp_path / "runs").load(failed["run_id"]).status == "failed"
 
 

@@ -144,6 +144,18 @@ def test_invalid_config_creates_nothing(store, manager_for):
     assert manager.active_runs() == []
 
 
+def test_missing_starting_weights_create_nothing(store, manager_for, tmp_path):
+    manager = manager_for(Engine(steps=1))
+    with pytest.raises(ValueError, match="No checkpoint file"):
+        manager.submit(CONFIG.replace(weights=str(tmp_path / "gone.pt")))
+    with pytest.raises(ValueError, match="no run 'nope'"):
+        manager.submit(CONFIG.replace(weights="run:nope"))
+    assert store.list() == []
+    backbone = manager.submit(CONFIG)  # a run still queued or training is a fine start: the queue trains it first
+    child = manager.submit(CONFIG.replace(weights=f"run:{backbone}"))
+    assert manager.wait(child, TIMEOUT) == runs.FINISHED
+
+
 def test_fifo_one_run_at_a_time(manager_for):
     engine = Engine(steps=2)
     manager = manager_for(engine)
