@@ -44,7 +44,7 @@ import torch
 
 from core.config import RunConfig
 from core.devices import pick_device
-from core.models import check_checkpoint_path
+from core.models import build_skeleton, checkpoint_report, read_state_dict
 from core.runs import (
     CANCELLED,
     FAILED,
@@ -360,17 +360,22 @@ class _Job:
 
 
 def check_weights(config: RunConfig, store: RunStore) -> None:
-    """The run's starting weights exist, else ValueError (`CheckpointError`) before any run is created.
+    """The run's starting weights exist and fit, else ValueError (`CheckpointError`) before any run is created.
 
-    A checkpoint path must be a regular file of sane size (`check_checkpoint_path`,
-    a stat); ``run:<id>`` a run of `store` (queued or running is fine: the
-    queue trains it first). ImageNet weights are downloaded when the run starts.
+    A checkpoint path must be a regular file of sane size that holds a state
+    dict of the run's architecture (read safely and compared on a meta-device
+    skeleton: a checkpoint chosen for another architecture, still in the
+    draft after the architecture changed, is refused here rather than failing
+    the run when it starts); ``run:<id>`` a run of `store` (queued or running
+    is fine: the queue trains it first). ImageNet weights are downloaded when
+    the run starts.
     """
     if config.weights.startswith("run:"):
         if not store.exists(config.weights.removeprefix("run:")):
             raise ValueError(f"There is no run {config.weights.removeprefix('run:')!r} to start from.")
     elif config.weights not in ("none", "imagenet"):
-        check_checkpoint_path(config.weights)
+        state = read_state_dict(config.weights)
+        checkpoint_report(build_skeleton(config.arch, config.num_classes), config.arch, state, source=config.weights)
 
 
 class JobManager:

@@ -27,6 +27,7 @@ from core.jobs import (
     execute,
     failure_reason,
 )
+from core.models import build_skeleton
 from core.runs import RunStore
 
 CONFIG = RunConfig(arch="resnet18", preset="head", dataset="demo-target", epochs=2)
@@ -150,6 +151,10 @@ def test_missing_starting_weights_create_nothing(store, manager_for, tmp_path):
         manager.submit(CONFIG.replace(weights=str(tmp_path / "gone.pt")))
     with pytest.raises(ValueError, match="no run 'nope'"):
         manager.submit(CONFIG.replace(weights="run:nope"))
+    alexnet = tmp_path / "alexnet.pt"  # e.g. chosen on the Model page before the architecture changed
+    torch.save(build_skeleton("alexnet", 3).to_empty(device="cpu").state_dict(), alexnet)
+    with pytest.raises(ValueError, match="does not fit"):
+        manager.submit(CONFIG.replace(weights=str(alexnet)))
     assert store.list() == []
     backbone = manager.submit(CONFIG)  # a run still queued or training is a fine start: the queue trains it first
     child = manager.submit(CONFIG.replace(weights=f"run:{backbone}"))
