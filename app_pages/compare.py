@@ -27,12 +27,16 @@ if not records:
             icon=":material/info:")
     st.stop()
 
+# Short headers for the two widest columns: with their long names the last column ("peak memory
+# (MiB)") was cut off at the right edge even in a 1400 px window with two runs.
 RUN_COLUMNS = {
     "best val acc": st.column_config.NumberColumn(format="percent"),
     "time (s)": st.column_config.NumberColumn(format="%.1f"),
     "images/s": st.column_config.NumberColumn(format="%.0f"),
-    "peak memory (MiB)": st.column_config.NumberColumn(format="%.0f"),
-    "trainable params": st.column_config.NumberColumn(format="localized"),
+    "peak memory (MiB)": st.column_config.NumberColumn(
+        "peak MiB", format="%.0f", help="Peak memory of a training step, in MiB"),
+    "trainable params": st.column_config.NumberColumn(
+        "trainable", format="localized", help="Trainable parameters"),
 }
 by_id = {r.id: r for r in records}
 all_labels = dict(zip(by_id, compare.run_labels(records)))

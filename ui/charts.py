@@ -34,8 +34,11 @@ def loss_figure(metrics: dict) -> go.Figure:
         fig.add_scatter(x=xs, y=ys, name="train loss (step)", mode="lines", line=dict(width=1), opacity=0.5)
     epochs = metrics.get("epochs", [])
     if epochs:
-        steps_per_epoch = (steps[-1][0] / len(epochs)) if steps else 1
-        x = [(e["epoch"] + 1) * steps_per_epoch for e in epochs]
+        # Epochs count from 1; each epoch's point sits on its last step (without steps: on its number).
+        last_step: dict[int, int] = {}
+        for step, epoch, _ in steps:
+            last_step[epoch] = max(step, last_step.get(epoch, step))
+        x = [last_step.get(e["epoch"], e["epoch"]) for e in epochs]
         fig.add_scatter(x=x, y=[e["train_loss"] for e in epochs], name="train loss (epoch)", mode="lines+markers")
         fig.add_scatter(x=x, y=[e["val_loss"] for e in epochs], name="val loss (epoch)", mode="lines+markers")
     return _layout(fig, "Loss", xaxis_title="step")
@@ -44,7 +47,7 @@ def loss_figure(metrics: dict) -> go.Figure:
 def accuracy_figure(metrics: dict) -> go.Figure:
     """Train vs validation accuracy per epoch."""
     epochs = metrics.get("epochs", [])
-    x = [e["epoch"] + 1 for e in epochs]
+    x = [e["epoch"] for e in epochs]  # the engine counts epochs from 1
     fig = go.Figure()
     fig.add_scatter(x=x, y=[e["train_acc"] for e in epochs], name="train", mode="lines+markers")
     fig.add_scatter(x=x, y=[e["val_acc"] for e in epochs], name="validation", mode="lines+markers")
@@ -93,7 +96,9 @@ def top_k_figure(pairs: list[tuple[str, float]], title: str) -> go.Figure:
                     text=[f"{p:.1%}" for p in probs][::-1], textposition="auto",
                     hovertemplate="%{y}: %{x:.2%}<extra></extra>")
     _layout(fig, title, showlegend=False, xaxis=dict(range=[0, 1], tickformat=".0%"))
-    return fig.update_layout(height=70 + 28 * max(1, len(pairs)))
+    # room on the right for the "100%" tick label: with the shared 10 px margin plotly drops it
+    # and the axis seems to end at 80%
+    return fig.update_layout(height=70 + 28 * max(1, len(pairs)), margin=dict(r=30))
 
 
 def freezing_figure(table) -> go.Figure:
