@@ -192,10 +192,10 @@ if has_bn:
 trainable, frozen_count = tree.counts(cfg.frozen)
 total = trainable + frozen_count
 m1, m2, m3 = st.columns(3)
-m1.metric("Trainable parameters", f"{trainable:,}", f"{trainable / total:.1%} of all", delta_color="off", delta_arrow="off")
-m2.metric("Frozen parameters", f"{frozen_count:,}", f"{frozen_count / total:.1%} of all", delta_color="off", delta_arrow="off")
+m1.metric("Trainable parameters", f"{trainable:,}", f"{costs.human_share(trainable, total)} of all", delta_color="off", delta_arrow="off")
+m2.metric("Frozen parameters", f"{frozen_count:,}", f"{costs.human_share(frozen_count, total)} of all", delta_color="off", delta_arrow="off")
 m3.metric("Strategy", preset_label(cfg.preset))
-st.progress(trainable / total, text=f"{trainable / total:.1%} of the parameters train")
+st.progress(trainable / total, text=f"{costs.human_share(trainable, total)} of the parameters train")
 
 model = skeleton(arch, cfg.num_classes)
 set_frozen(model, cfg.frozen)

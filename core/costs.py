@@ -683,3 +683,17 @@ def human_flops(n: float) -> str:
             return f"{n:.0f} FLOP" if unit == "" else f"{n:.2f} {unit}FLOP"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+def human_share(part: float, whole: float) -> str:
+    """part / whole as a percentage that never rounds a non-zero share to 0: 2,052 of 11,178,564 -> "0.018%"."""
+    if not whole:
+        return "0%"
+    pct = 100.0 * part / whole
+    if pct in (0, 100):
+        return f"{pct:.0f}%"
+    if pct > 99.95:  # nearly everything, but not all: say so
+        return f"{min(pct, 99.99):.2f}%"
+    if pct >= 1:
+        return f"{pct:.1f}%"
+    return f"{pct:.2g}%" if pct >= 0.01 else "<0.01%"

@@ -93,6 +93,7 @@ PRESET_LABELS = {
     "classifier": "Classifier only",
     "fc1_fc2": "FC1 + FC2 + head",
     "last": "Last N blocks",
+    "custom": "Custom",  # ticked by hand in the layer tree
 }
 
 PRESET_HELP = {

@@ -191,6 +191,15 @@ def test_estimate_is_fast_enough_for_every_click():
     assert (time.perf_counter() - start) / 50 < 0.005
 
 
+def test_human_share_never_rounds_a_real_share_away():
+    from core.costs import human_share
+
+    assert human_share(2_052, 11_178_564) == "0.018%"  # ResNet-18's 4-class head: not "0.0%"
+    assert human_share(11_176_512, 11_178_564) == "99.98%"  # all but the head: not "100.0%"
+    assert human_share(119_586_826, 139_611_210) == "85.7%"
+    assert (human_share(0, 5), human_share(5, 5), human_share(1, 10**9), human_share(1, 0)) == ("0%", "100%", "<0.01%", "0%")
+
+
 def test_human_units():
     assert human_bytes(512) == "512 B"
     assert human_bytes(1536) == "1.5 KiB"
