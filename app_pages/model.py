@@ -220,7 +220,10 @@ with tab_tree:
                    column_config=column_config, disabled=[c for c in df.columns if c != "train"])
     st.caption("Blocks of the network, in forward order. Open a block to tick single layers.")
     for group, row in zip(groups, df.itertuples()):
-        with st.expander(f"{group.name} — {row.state} · {row.trainable:,} / {row.params:,} trainable"):
+        # a stable key: the label's counts change with every tick, and a new label would be a new,
+        # closed expander under the user's mouse
+        with st.expander(f"{group.name} — {row.state} · {row.trainable:,} / {row.params:,} trainable",
+                         key=f"tree_block_{group.name}"):
             gdf, targets[f"tree_{group.name}@{version}"] = group_table(tree, group, cfg.frozen, report)
             st.data_editor(gdf, key=f"tree_{group.name}@{version}", hide_index=True, width="stretch",
                            column_config=column_config, disabled=[c for c in gdf.columns if c != "train"])

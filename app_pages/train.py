@@ -71,14 +71,15 @@ with st.form("train_form"):
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
 if submitted:
-    try:
-        cfg = update_draft(optimizer=optimizer, lr=float(lr), backbone_lr_mult=float(mult), weight_decay=float(wd),
-                           epochs=int(epochs), batch_size=int(batch), scheduler=scheduler, seed=int(seed),
-                           precision=precision, augment=tuple(augment), unfreeze_after=int(unfreeze_after))
-        run_id = manager.submit(cfg, owner=session_owner(), name=name or None)
+    form = dict(optimizer=optimizer, lr=float(lr), backbone_lr_mult=float(mult), weight_decay=float(wd),
+                epochs=int(epochs), batch_size=int(batch), scheduler=scheduler, seed=int(seed),
+                precision=precision, augment=tuple(augment), unfreeze_after=int(unfreeze_after))
+    try:  # a refused start changes nothing: the draft takes the form's values only once a run is queued
+        run_id = manager.submit(cfg.replace(**form), owner=session_owner(), name=name or None)
     except ValueError as exc:
         st.error(str(exc), icon=":material/error:")
     else:
+        update_draft(**form)
         st.query_params["run"] = run_id
         st.rerun()
 
@@ -98,7 +99,8 @@ def live_view(run_id: str) -> None:
                 icon=":material/hourglass_top:")
     elif snap.status == "running":
         eta = f" · about {snap.eta_s:.0f} s left" if snap.eta_s is not None else ""
-        st.progress(snap.progress, text=f"Epoch {min(snap.epoch + 1, snap.epochs or 1)}/{snap.epochs} · "
+        # the engine counts epochs from 1 (0 until its first step)
+        st.progress(snap.progress, text=f"Epoch {min(max(snap.epoch, 1), snap.epochs or 1)}/{snap.epochs} · "
                                         f"step {snap.step}/{snap.total_steps or '?'}{eta}")
     if not snap.done and st.button("Stop", icon=":material/stop:", key="train_stop"):
         manager.cancel(run_id)
@@ -111,7 +113,9 @@ def live_view(run_id: str) -> None:
             with st.expander("Traceback"):
                 st.code(trace, language="text")
     elif snap.status in ("cancelled", "interrupted"):
-        st.warning(f"**This run was {snap.status}.** {snap.reason or ''} Its metrics so far are kept.",
+        reason = snap.reason.rstrip(".") if snap.reason else ""  # reasons are stored lower-case, without a full stop
+        kept = " Its metrics so far are kept." if snap.metrics.get("epochs") else ""
+        st.warning(f"**This run was {snap.status}.** {reason[:1].upper()}{reason[1:]}.{kept}",
                    icon=":material/stop_circle:")
 
     epochs = snap.metrics.get("epochs", [])
@@ -141,7 +145,10 @@ def live_view(run_id: str) -> None:
 
     audit = snap.summary.get("freeze_audit")
     if snap.status == "finished" and audit:
-        if audit.get("ok"):
+        if audit.get("ok") and not audit["checked_tensors"]:
+            st.success("Freeze audit passed: nothing is frozen in this run, so no tensor had to stay unchanged.",
+                       icon=":material/verified:")
+        elif audit.get("ok"):
             st.success(f"Freeze audit passed: {audit['checked_tensors']} frozen tensors are bit-identical to "
                        "their starting values.", icon=":material/verified:")
         else:
@@ -153,6 +160,10 @@ def live_view(run_id: str) -> None:
         st.rerun()  # a full rerun turns the fragment's timer off
 
 
+def _show_chosen_run() -> None:
+    st.query_params["run"] = st.session_state["train_show"]
+
+
 run_id = st.query_params.get("run")
 recent = manager.store.list()[:20]
 if recent:
@@ -160,11 +171,17 @@ if recent:
     if run_id and run_id not in ids and manager.store.exists(run_id):
         ids.insert(0, run_id)
         recent.insert(0, manager.store.load(run_id))
-    chosen = st.selectbox("Show run", ids, index=ids.index(run_id) if run_id in ids else 0, key="train_show",
-                          format_func=lambda i: next(f"{r.name} ({r.id})" for r in recent if r.id == i))
+    if run_id not in ids:  # no run in the URL: this tab's newest run, else the newest of anyone
+        owner = session_owner()
+        run_id = next((r.id for r in recent if r.owner == owner), ids[0])
+        st.query_params["run"] = run_id
+    # The URL says which run is shown (a run just started, a link, a refresh) and the box follows it;
+    # a choice in the box goes to the URL first. (A keyed selectbox keeps its old value otherwise,
+    # which sent a tab that started a second run back to its first.)
+    st.session_state["train_show"] = run_id
+    st.selectbox("Show run", ids, key="train_show", on_change=_show_chosen_run,
+                 format_func=lambda i: next(f"{r.name} ({r.id})" for r in recent if r.id == i))
     # (no status in the label: a keyed selectbox keeps showing its old label when only the label changes)
-    if chosen != run_id:
-        st.query_params["run"] = run_id = chosen
 
 if run_id:
     snap = manager.snapshot(run_id, with_metrics=False)

@@ -1,5 +1,7 @@
 """AppTest for the Train page: start a tiny run, poll it to the end, stop another."""
 
+import math
+import re
 import time
 from pathlib import Path
 
@@ -63,11 +65,13 @@ def test_start_a_run_and_see_it_finish(folder):
 
 def test_bad_hyper_parameters_are_a_message(folder):
     at = open_page(folder, unfreeze_after=0)
+    before = at.session_state["draft"]
     at.number_input(key="train_unfreeze").set_value(5)  # past the last epoch
     at.button(key="FormSubmitter:train_form-Start training").click().run()
     assert not at.exception
     assert any("gradual unfreezing" in e.value for e in at.error)
     assert not get_manager().store.list()
+    assert at.session_state["draft"] == before  # a refused start changes nothing
 
 
 def test_stop_a_run(folder):
@@ -78,6 +82,7 @@ def test_stop_a_run(folder):
     at.button(key="train_stop").click().run()
     at = poll_until(at, lambda a: any("cancelled" in w.value for w in a.warning))
     assert not at.exception
+    assert any("This run was cancelled.** Cancelled while training." in w.value for w in at.warning)
     assert get_manager().store.list()[0].status == "cancelled"
 
 
@@ -93,3 +98,66 @@ def test_rename_and_delete_a_finished_run(folder):
     at.button(key="train_delete").click().run()
     assert not at.exception
     assert not get_manager().store.exists(run_id)
+
+
+def shown_run(at: AppTest) -> str:
+    run = at.query_params["run"]
+    return run[0] if isinstance(run, list) else run
+
+
+def test_a_second_run_started_in_the_same_tab_is_the_one_shown(folder):
+    """Regression: the keyed "Show run" box kept the first run and sent the URL back to it."""
+    at = open_page(folder)
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    first = shown_run(at)
+    get_manager().wait(first, timeout=60)
+    at.run()
+    assert at.selectbox(key="train_show").value == first
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    assert not at.exception
+    second = get_manager().store.list()[0].id
+    assert second != first
+    at.run()
+    assert shown_run(at) == second and at.selectbox(key="train_show").value == second
+    assert any(second in c.value for c in at.caption)
+    at.selectbox(key="train_show").set_value(first).run()  # choosing in the box still works
+    assert shown_run(at) == first and any(first in c.value for c in at.caption)
+
+
+def test_without_a_run_in_the_url_a_tab_shows_its_own_newest_run(folder):
+    """Another session's newer run is not shown as this tab's run (e.g. coming back from another page)."""
+    cfg = RunConfig(arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32), batch_size=8,
+                    epochs=1, preset="head", frozen=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"))
+    mine = get_manager().submit(cfg, owner="me", name="my run")
+    other = get_manager().submit(cfg, owner="someone else", name="their run")
+    for run_id in (mine, other):
+        get_manager().wait(run_id, timeout=60)
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["owner"] = "me"
+    at.run()
+    assert not at.exception
+    assert shown_run(at) == mine and at.selectbox(key="train_show").value == mine
+    at = AppTest.from_file(PAGE, default_timeout=60)  # a tab with no run of its own: the newest run
+    at.run()
+    assert shown_run(at) == other
+
+
+def test_the_progress_bar_names_the_epoch_in_progress(folder):
+    """Regression: the engine counts epochs from 1 and the bar said "Epoch 2/N" during the first."""
+    at = open_page(folder)
+    at.number_input(key="train_epochs").set_value(200)
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    run_id = shown_run(at)
+    seen = set()
+    deadline = time.time() + 60
+    while len(seen) < 3 and time.time() < deadline and not get_manager().snapshot(run_id).done:
+        for bar in at.get("progress"):
+            m = re.match(r"Epoch (\d+)/200 · step (\d+)/(\d+|\?)", bar.proto.text)
+            assert m, bar.proto.text
+            epoch, step, total = int(m[1]), int(m[2]), (None if m[3] == "?" else int(m[3]))
+            assert epoch == (max(1, math.ceil(step / (total // 200))) if total else 1), bar.proto.text
+            seen.add(epoch)
+        time.sleep(0.2)
+        at.run()
+    get_manager().cancel(run_id)
+    assert len(seen) >= 2, seen
