@@ -274,7 +274,13 @@ def test_main_path(app_server, page, shots, tmp_path):
         expander.locator("summary").click()
     expect(group).to_be_visible()
     expect(group.get_by_test_id("glide-cell-0-1")).to_be_attached()
-    states = {row["path"]: (row["Train"], row["state"]) for row in grid_rows(group)}
+    # The block stays open (its expander has a stable key), and its grid is redrawn for the new
+    # choice a moment after the counts: read it until it shows the new states.
+    for _ in range(40):
+        states = {row["path"]: (row["Train"], row["state"]) for row in grid_rows(group)}
+        if states.get("layer1") == ("false", "partial"):
+            break
+        page.wait_for_timeout(250)
     assert states["layer1"] == ("false", "partial"), states
     assert states["layer1.0"] == ("true", "trains") and states["layer1.0.conv1"] == ("true", "trains"), states
     assert states["layer1.1"] == ("false", "frozen"), states
