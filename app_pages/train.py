@@ -102,9 +102,8 @@ def live_view(run_id: str) -> None:
         # the engine counts epochs from 1 (0 until its first step)
         st.progress(snap.progress, text=f"Epoch {min(max(snap.epoch, 1), snap.epochs or 1)}/{snap.epochs} · "
                                         f"step {snap.step}/{snap.total_steps or '?'}{eta}")
-    if not snap.done and st.button("Stop", icon=":material/stop:", key="train_stop"):
-        manager.cancel(run_id)
-        st.rerun()
+    if not snap.done:  # a callback: the cancel happens before the next run of this fragment, whatever reruns it
+        st.button("Stop", icon=":material/stop:", key="train_stop", on_click=manager.cancel, args=(run_id,))
 
     if snap.status == "failed":
         st.error(f"**This run failed.** {snap.reason}", icon=":material/error:")
