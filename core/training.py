@@ -90,7 +90,7 @@ from core.features import (
     save_features,
 )
 from core.jobs import Monitor, RunCancelled
-from core.models import arch_spec, prepare_model
+from core.models import prepare_model
 
 FAULT_ENV = "FREEZE_LAB_FAULT"
 CPU_FEATURE_BUDGET = 2 << 30  # bytes of cached features on the CPU, at most
