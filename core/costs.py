@@ -102,6 +102,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.freezing import set_frozen, set_train_mode
+from core.livebytes import LiveBytes
 from core.models import build_skeleton
 
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 buffers per trainable parameter
@@ -135,6 +136,8 @@ class LeafCall:
     is_bn: bool  # a BatchNorm (eval mode when frozen and bn_frozen_eval)
     fwd_flops: int
     saves: dict[str, Saves]  # by configuration "i", "w", "iw", "ie" (see _CONFIGS); absent: nothing saved
+    params: int = 0  # number of the module's own parameters
+    working: int = 0  # per image, fp32: bytes of all tensors alive during the call in a no-grad pass (see _working)
 
 
 @dataclass(frozen=True)
@@ -226,8 +229,10 @@ def cost_profile(arch: str, num_classes: int, image_size: tuple[int, int]) -> Co
         return edge_of[key]
 
     cache: dict = {}
+    working = _working(model, leaves, (h, w))
     calls = []
-    for path, module, shape, stride, in_key, in_bytes, deps, out_key, out_bytes in pass1.calls:
+    for (path, module, shape, stride, in_key, in_bytes, deps, out_key, out_bytes), work in zip(pass1.calls, working,
+                                                                                              strict=True):
         in_edge, out_edge = edge(in_key, in_bytes), edge(out_key, out_bytes)
         own = sum(1 << index[f"{path}.{n}"] for n, _ in module.named_parameters())
         is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
@@ -243,7 +248,7 @@ def cost_profile(arch: str, num_classes: int, image_size: tuple[int, int]) -> Co
                 if bwd or edges or other_float or other_int or fixed:
                     saves[config] = Saves(bwd, edges, other_float, other_int, fixed)
             module.train()
-        calls.append(LeafCall(path, own, deps, is_bn, fwd, saves))
+        calls.append(LeafCall(path, own, deps, is_bn, fwd, saves, sum(p.numel() for p in module.parameters()), work))
 
     functional = []
     for j, (pos, key, nbytes, is_float, per_image, deps) in enumerate(pass1.functional):
@@ -340,6 +345,37 @@ def _record(model: nn.Module, leaves, owners, excluded: set[int], bit_of: dict[i
             handle.remove()
     rec.saved_bytes = sum(saved.values())
     return rec
+
+
+def _working(model: nn.Module, leaves, size: tuple[int, int]) -> list[int]:
+    """Per leaf call, in forward order: the most tensor bytes alive at once (one image, fp32) from the end
+    of the previous call to the end of this one, in a no-grad eval-mode pass (`core.livebytes.LiveBytes`).
+
+    With nothing saved for backward this is the call's working set: its input and output, what the
+    surrounding `forward` still holds (a residual block's identity, DenseNet's concatenated features) and
+    the functional ops since the previous call. Parameters and buffers are not counted. Whatever runs
+    after the last call (a final flatten) is counted with the last call.
+    """
+    peaks: list[int] = []
+
+    def post(mod, args, out):
+        peaks.append(mem.peak)
+        mem.reset_peak()
+
+    was_training = model.training
+    handles = [m.register_forward_hook(post) for _, m in leaves]
+    try:
+        with torch.no_grad(), LiveBytes() as mem:
+            model.eval()
+            out = model(torch.empty(1, 3, *size, device="meta"))
+            del out
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if peaks:
+        peaks[-1] = max(peaks[-1], mem.peak)
+    return peaks
 
 
 def _node_deps(root, memo: dict[int, int], bit_of: dict[int, int], keep: list) -> int:
@@ -474,7 +510,7 @@ def _identity(t):
 
 @dataclass(frozen=True)
 class Costs:
-    """What one freezing choice costs; FLOPs per image, memory for the batch."""
+    """What one freezing choice costs per training step; FLOPs per image, memory for the batch."""
 
     trainable: int  # parameters
     frozen: int
@@ -485,10 +521,13 @@ class Costs:
     grads_bytes: int  # trainable parameters only
     optimizer_bytes: int  # momentum (SGD) or two moments (Adam/AdamW) per trainable parameter
     activations_bytes: int  # saved for backward, for the whole batch
+    working_bytes: int  # in flight at the step's busiest moment on top of what is saved (see `_walk`)
+    casts_bytes: int  # bf16 autocast: low-precision weight copies kept for backward (0 in fp32)
     total_bytes: int
     batch_size: int = 32
     optimizer: str = "sgd"
     precision: str = "fp32"
+    cached_calls: int = 0  # leading leaf calls the step does not run (their output comes from the feature cache)
 
     @property
     def trainable_pct(self) -> float:
@@ -505,9 +544,13 @@ class Costs:
             ("Weights", human_bytes(self.weights_bytes)),
             ("Gradients", human_bytes(self.grads_bytes)),
             (f"Optimizer state ({self.optimizer})", human_bytes(self.optimizer_bytes)),
-            (f"Activations (batch {self.batch_size}, {self.precision})", human_bytes(self.activations_bytes)),
-            ("Total memory", human_bytes(self.total_bytes)),
+            (f"Activations saved for backward (batch {self.batch_size}, {self.precision})",
+             human_bytes(self.activations_bytes)),
+            ("Working memory (the busiest layer's tensors in flight)", human_bytes(self.working_bytes)),
         ]
+        if self.precision == "bf16":
+            rows.append(("bf16 weight copies (autocast)", human_bytes(self.casts_bytes)))
+        rows.append(("Total memory per step", human_bytes(self.total_bytes)))
         return [{"quantity": q, "value": v} for q, v in rows]
 
 
@@ -519,10 +562,13 @@ def estimate(
     batch_size: int = 32,
     precision: str = "fp32",
     bn_frozen_eval: bool = True,
+    cached_calls: int = 0,
 ) -> Costs:
     """The costs of freezing the dotted paths `frozen` (modules or single parameters), in pure Python.
 
     `precision` "auto" counts as fp32 (what it means on a CPU); pass "bf16" for a GPU with bf16 autocast.
+    `cached_calls`: the first leaf calls are served from the feature cache, so the step's working memory
+    leaves them out (they save nothing either way: a cached prefix is frozen and no gradient reaches it).
     """
     if optimizer not in OPTIMIZER_STATES:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_STATES)}")
@@ -535,12 +581,50 @@ def estimate(
     for call, config in zip(profile.calls, _configs(profile, trainable_bits, bn_frozen_eval)):
         if config in call.saves:
             bwd += call.saves[config].bwd_flops
-    activations = _activations(profile, trainable_bits, bn_frozen_eval, PRECISION_BYTES[precision], batch_size)
+    activations, casts, peak = _walk(profile, trainable_bits, bn_frozen_eval, PRECISION_BYTES[precision], batch_size,
+                                     skip=cached_calls)
     weights = 4 * profile.total + profile.buffer_bytes
     grads = 4 * trainable
     opt = 4 * trainable * OPTIMIZER_STATES[optimizer]
+    working = max(0, peak - activations - casts)
     return Costs(trainable, profile.total - trainable, profile.total, fwd, bwd, weights, grads, opt, activations,
-                 weights + grads + opt + activations, batch_size, optimizer, precision)
+                 working, casts, weights + grads + opt + activations + casts + working, batch_size, optimizer,
+                 precision, cached_calls)
+
+
+def feature_pass_bytes(profile: CostProfile, cached_calls: int, batch_size: int, precision: str = "fp32") -> int:
+    """Working memory of computing the feature cache: the first `cached_calls` leaf calls run without
+    autograd on `batch_size` images (the engine uses twice the training batch), nothing saved."""
+    float_bytes = PRECISION_BYTES[precision]
+    first = _first_matmul(profile)
+    return max((_working_bytes(profile, i, float_bytes, batch_size, transient_cast=True, image=i == first)
+                for i in range(min(cached_calls, len(profile.calls)))), default=0)
+
+
+def _first_matmul(profile: CostProfile) -> int:
+    """Index of the first leaf call with a convolution or matrix product (the one that reads the image)."""
+    return next((i for i, c in enumerate(profile.calls) if c.fwd_flops), -1)
+
+
+def _working_bytes(profile: CostProfile, i: int, float_bytes: int, batch: int, *, transient_cast: bool,
+                   image: bool | None) -> int:
+    """Leaf call `i`'s working set for `batch` images in the given precision.
+
+    The fp32 input image is part of every call's measured working set (the caller holds it for the
+    whole forward). Autocast leaves it in fp32 and makes a bf16 copy for the first convolution
+    (`image` True); with the feature cache (`image` None) it is not there at all. In bf16 a frozen
+    convolution or linear layer that no gradient passes through also has its weight copied for the
+    call only (`transient_cast`).
+    """
+    call = profile.calls[i]
+    image_bytes = 3 * profile.image_size[0] * profile.image_size[1] * 4
+    per_image = (call.working - image_bytes) * float_bytes // 4
+    if image is not None:
+        per_image += image_bytes + (image_bytes // 2 if float_bytes == 2 and image else 0)
+    work = max(0, per_image) * batch
+    if float_bytes == 2 and transient_cast and call.fwd_flops:
+        work += 2 * call.params  # once per call, not per image
+    return work
 
 
 def _trainable_bits(profile: CostProfile, frozen) -> int:
@@ -569,30 +653,70 @@ def _configs(profile: CostProfile, trainable: int, bn_frozen_eval: bool) -> list
     return out
 
 
-def _activations(profile: CostProfile, trainable: int, bn_frozen_eval: bool, float_bytes: int, batch: int) -> int:
-    """Saved-activation bytes for `batch` images with the parameters in bit mask `trainable` trainable."""
+def _walk(profile: CostProfile, trainable: int, bn_frozen_eval: bool, float_bytes: int, batch: int, *,
+          skip: int = 0) -> tuple[int, int, int]:
+    """Walk the leaf calls in forward order for `batch` images with the parameters in bit mask `trainable`
+    trainable. Returns (saved activation bytes, bf16 weight-copy bytes, peak bytes in flight).
+
+    What autograd saves accumulates call by call (an edge saved twice counts once; functional saves
+    join where they happen). At each call the step holds what was saved before it plus the call's
+    working set (`_working_bytes`: `LeafCall.working` scaled to the batch and precision). The peak is the largest of
+    these and of the total saved at the end of the forward: the backward then walks the same calls
+    in reverse, freeing saved tensors while gradients of the same sizes as the working set are in
+    flight, so it reaches about the same height. In bf16, autocast's low-precision copy of a
+    convolution's or linear layer's weight is kept for backward when that weight trains or a gradient
+    passes through the layer. The first `skip` calls are not run (see `estimate`).
+    """
+    lowp = float_bytes == 2
+    first = _first_matmul(profile) if skip == 0 else None
     edges: set[int] = set()
-    other_float = other_int = fixed = 0
-    for call, config in zip(profile.calls, _configs(profile, trainable, bn_frozen_eval)):
+    edge_total = other_float = other_int = fixed = casts = peak = 0
+    functional = [f for f in profile.functional if (f.owner & trainable if f.owner >= 0 else f.deps & trainable)]
+    j = 0
+
+    def add(edge_list=(), f=0, i=0, x=0) -> None:
+        nonlocal edge_total, other_float, other_int, fixed
+        for e in edge_list:
+            if e not in edges:
+                edges.add(e)
+                edge_total += profile.edge_bytes[e]
+        other_float, other_int, fixed = other_float + f, other_int + i, fixed + x
+
+    def save_functional(upto: int) -> None:
+        nonlocal j
+        while j < len(functional) and functional[j].pos <= upto:
+            fs = functional[j]
+            if fs.edge >= 0:
+                add([fs.edge])
+            elif not fs.per_image:
+                add(x=fs.nbytes)
+            elif fs.is_float:
+                add(f=fs.nbytes)
+            else:
+                add(i=fs.nbytes)
+            j += 1
+
+    def saved() -> int:
+        return ((edge_total + other_float) * float_bytes // 4 + other_int) * batch + fixed
+
+    for i, (call, config) in enumerate(zip(profile.calls, _configs(profile, trainable, bn_frozen_eval))):
+        save_functional(2 * i)
+        if i >= skip:
+            work = _working_bytes(profile, i, float_bytes, batch, transient_cast=not config,
+                                  image=None if first is None else i == first)
+            peak = max(peak, saved() + casts + work)
         s = call.saves.get(config)
         if s is not None:
-            edges.update(s.edges)
-            other_float += s.other_float
-            other_int += s.other_int
-            fixed += s.fixed
-    for f in profile.functional:
-        if not (f.owner & trainable if f.owner >= 0 else f.deps & trainable):
-            continue
-        if f.edge >= 0:
-            edges.add(f.edge)
-        elif not f.per_image:
-            fixed += f.nbytes
-        elif f.is_float:
-            other_float += f.nbytes
-        else:
-            other_int += f.nbytes
-    float_total = sum(profile.edge_bytes[e] for e in edges) + other_float
-    return (float_total * float_bytes // 4 + other_int) * batch + fixed
+            add(s.edges, s.other_float, s.other_int, s.fixed)
+        if lowp and config in ("i", "w", "iw") and call.fwd_flops:
+            casts += 2 * call.params
+    save_functional(math.inf)
+    return saved(), casts, max(peak, saved() + casts)
+
+
+def _activations(profile: CostProfile, trainable: int, bn_frozen_eval: bool, float_bytes: int, batch: int) -> int:
+    """Saved-activation bytes for `batch` images with the parameters in bit mask `trainable` trainable."""
+    return _walk(profile, trainable, bn_frozen_eval, float_bytes, batch)[0]
 
 
 def compare_to_full(costs: Costs, full_costs: Costs) -> dict:

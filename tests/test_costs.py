@@ -14,8 +14,9 @@ from core.costs import (
     human_flops,
     measure_exact,
 )
-from core.freezing import layer_tree, preset_frozen
-from core.models import build_skeleton
+from core.freezing import layer_tree, preset_frozen, set_frozen, set_train_mode
+from core.livebytes import LiveBytes
+from core.models import build_model, build_skeleton
 
 SIZE = (64, 64)
 NUM_CLASSES = 10
@@ -138,7 +139,13 @@ def test_memory_lines(profiles):
     assert sgd.optimizer_bytes == 4 * sgd.trainable
     assert adam.optimizer_bytes == 2 * 4 * sgd.trainable
     assert sgd.activations_bytes == 8 * 4096 * 4  # the head saves its input, nothing else
-    assert sgd.total_bytes == sgd.weights_bytes + sgd.grads_bytes + sgd.optimizer_bytes + sgd.activations_bytes
+    assert sgd.casts_bytes == 0  # fp32: autocast makes no copies
+    # the frozen convolutions still run: their widest input and output are in flight at once
+    assert sgd.working_bytes > 10 * sgd.activations_bytes
+    assert sgd.total_bytes == (sgd.weights_bytes + sgd.grads_bytes + sgd.optimizer_bytes + sgd.activations_bytes
+                               + sgd.working_bytes)
+    bf16 = estimate(profile, frozen, optimizer="sgd", batch_size=8, precision="bf16")
+    assert bf16.casts_bytes == 2 * sgd.trainable  # the head's weight and bias, in bf16
 
 
 def test_batch_and_precision_scale_activations(profiles):
@@ -169,7 +176,7 @@ def test_compare_to_full_and_rows(profiles):
     assert "% of the compute" in cmp["text"]
     rows = head.to_rows()
     assert [r["quantity"] for r in rows][:3] == ["Trainable parameters", "Frozen parameters", "Total parameters"]
-    assert len(rows) == 10 and all(isinstance(r["value"], str) for r in rows)
+    assert len(rows) == 11 and all(isinstance(r["value"], str) for r in rows)
     assert isinstance(head, Costs)
 
 
@@ -218,3 +225,44 @@ def test_counting_flops_registers_no_global_module_hooks():
         assert not module_globals._global_forward_pre_hooks and not module_globals._global_forward_hooks
         torch.nn.Linear(4, 3, device="meta")(torch.empty(2, 4, device="meta"))
     assert counter.get_total_flops() == 2 * 2 * 4 * 3
+
+
+def live_step_peak(arch: str, preset: str, size: int, batch: int, precision: str) -> int:
+    """Peak tensor bytes of two real SGD steps on the CPU, weights included (`LiveBytes`)."""
+    torch.manual_seed(0)
+    model = build_model(arch, NUM_CLASSES)
+    set_frozen(model, preset_frozen(model, arch, preset))
+    set_train_mode(model, True)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    y = torch.arange(batch) % NUM_CLASSES
+    with LiveBytes() as mem:
+        mem.track(list(model.parameters()), list(model.buffers()))
+        for _ in range(2):  # the second step runs with the gradients and momentum of the first alive
+            x = torch.randn(batch, 3, size, size)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            del x, logits, loss
+    return mem.peak
+
+
+@pytest.mark.parametrize("arch,preset,size,precision", [
+    ("resnet18", "full", 64, "fp32"),
+    ("resnet18", "head", 96, "bf16"),
+    ("mobilenet_v3_large", "classifier", 64, "fp32"),
+    ("efficientnet_b0", "full", 64, "bf16"),
+    ("densenet121", "head", 64, "fp32"),
+])
+def test_step_memory_matches_live_tensors_of_a_real_step(arch, preset, size, precision):
+    """The estimate's total for one step against the peak of live tensors in real CPU steps: weights,
+    gradients, momentum, saved activations, the working set and bf16 weight copies together."""
+    batch = 8
+    measured = live_step_peak(arch, preset, size, batch, precision)
+    frozen = frozen_for(arch, preset)
+    est = estimate(cost_profile(arch, NUM_CLASSES, (size, size)), frozen, batch_size=batch, precision=precision)
+    assert est.total_bytes == pytest.approx(measured, rel=0.02)
+    # and the part that is not weights, which the frozen presets used to miss
+    assert est.total_bytes - est.weights_bytes == pytest.approx(measured - est.weights_bytes, rel=0.04)
