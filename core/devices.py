@@ -28,3 +28,23 @@ def describe_device(device: torch.device | None = None) -> str:
 def supports_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast is worth using on `device` (CUDA with native bf16)."""
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a run of `precision` ("auto", "bf16", "fp32") uses on `device`; None for fp32.
+
+    "auto" is bf16 where the device supports it natively (`supports_bf16`), else fp32.
+    """
+    if precision == "bf16" or (precision == "auto" and supports_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
+def fits_on_device(nbytes: int, device: torch.device, share: float = 0.3) -> bool:
+    """Whether a tensor of `nbytes` that a run keeps for its whole length (the decoded images) should
+    live in device memory: on CUDA when it takes at most `share` of the free memory (the rest is for
+    training), elsewhere always (the device memory is the host's)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +165,39 @@ def plan_feature_cache(steps, config: RunConfig) -> FeaturePlan:
     if config.augment:
         return FeaturePlan(False, prefix, f"augmentation ({', '.join(config.augment)}) changes every epoch's input", n)
     return FeaturePlan(True, prefix, None, n)
+
+
+CPU_FEATURE_BUDGET = 2 << 30  # bytes of cached features on the CPU, at most
+
+
+def feature_budget(device: torch.device) -> int:
+    """Bytes the cached features of a run may take: 40% of the free GPU memory; on the CPU an eighth of
+    the physical memory, at most `CPU_FEATURE_BUDGET`."""
+    if device.type == "cuda":
+        return int(0.4 * torch.cuda.mem_get_info(device)[0])
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 << 30
+    return min(CPU_FEATURE_BUDGET, physical // 8)
+
+
+def plan_features(steps, config: RunConfig, *, images: int, elem_bytes: int, budget: int) -> FeaturePlan:
+    """The feature cache of one phase of a run: `plan_feature_cache`, then the shape of one image's
+    features and the check that those of all `images` fit in `budget` bytes at `elem_bytes` per value.
+
+    The engine and the memory estimate (`core.memory`) both decide through here, so the estimate
+    plans the cache the run will use.
+    """
+    plan = plan_feature_cache(steps, config)
+    if not plan.used:
+        return plan
+    plan.shape = feature_shape(config.arch, config.num_classes, config.image_size, plan.length)
+    need = math.prod(plan.shape) * elem_bytes * images
+    if need > budget:
+        return FeaturePlan(False, plan.prefix, f"the features up to {plan.prefix} would take "
+                           f"{need / 2**20:.0f} MiB (budget {budget / 2**20:.0f} MiB)", plan.length)
+    return plan
 
 
 # --------------------------------------------------------------------------- features on disk

@@ -76,15 +76,15 @@ from core.config import RunConfig
 from core.config import data_dir as default_data_dir
 from core.config import runs_dir as default_runs_dir
 from core.data import Preprocess, decode_images, decode_key, load_dataset, normalize, preprocess_for
-from core.devices import pick_device, supports_bf16
+from core.devices import amp_dtype as precision_dtype
+from core.devices import fits_on_device, pick_device
 from core.freezing import is_frozen_bn, param_counts, param_groups, preset_frozen, set_frozen, set_train_mode
 from core.features import (
-    FeaturePlan,
+    feature_budget,
     feature_key,
-    feature_shape,
     forward_chain,
     load_features,
-    plan_feature_cache,
+    plan_features,
     prefix_fingerprint,
     run_chain,
     save_features,
@@ -93,7 +93,6 @@ from core.jobs import Monitor, RunCancelled
 from core.models import prepare_model
 
 FAULT_ENV = "FREEZE_LAB_FAULT"
-CPU_FEATURE_BUDGET = 2 << 30  # bytes of cached features on the CPU, at most
 JITTER = 0.4  # colour jitter strength: factors drawn from [1 - 0.4, 1 + 0.4] (torchvision's common choice)
 CROP_SCALE = (0.6, 1.0)  # random resized crop: area fraction of the image
 CROP_RATIO = (3 / 4, 4 / 3)  # random resized crop: aspect ratio of the box
@@ -207,12 +206,9 @@ class Feeder:
         return batch
 
 
-def place(t: Tensor, device: torch.device, budget_fraction: float = 0.3) -> Tensor:
-    """Keep `t` on the device when it fits in a share of the free memory, else in pinned host memory."""
-    if device.type != "cuda":
-        return t.to(device)
-    free, _ = torch.cuda.mem_get_info(device)
-    if t.nbytes <= budget_fraction * free:
+def place(t: Tensor, device: torch.device) -> Tensor:
+    """Keep `t` on the device when it fits (`fits_on_device`), else in pinned host memory."""
+    if fits_on_device(t.nbytes, device):
         return t.to(device)
     return t.pin_memory()
 
@@ -431,16 +427,6 @@ def prefix_features(
     return features, "computed"
 
 
-def feature_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(0.4 * torch.cuda.mem_get_info(device)[0])
-    try:
-        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        physical = 8 << 30
-    return min(CPU_FEATURE_BUDGET, physical // 8)
-
-
 # --------------------------------------------------------------------------- audit
 
 
@@ -470,12 +456,6 @@ def _peak_memory(device: torch.device) -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and supports_bf16(device)):
-        return torch.bfloat16
-    return None
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -500,7 +480,7 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
-    amp_dtype = _amp_dtype(config.precision, device)
+    amp_dtype = precision_dtype(config.precision, device)
 
     # --- data: decoded once, kept on the device
     dataset = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
@@ -548,14 +528,8 @@ def train(
         optimizer, groups = build_optimizer(model, config)
         scheduler = build_scheduler(optimizer, config.scheduler, phase_epochs)
         set_train_mode(model, config.bn_frozen_eval)
-        plan = plan_feature_cache(steps, config)
-        if plan.used:
-            plan.shape = feature_shape(config.arch, config.num_classes, config.image_size, plan.length)
-            elem = amp_dtype.itemsize if amp_dtype else 4
-            need = math.prod(plan.shape) * elem * (len(images["train"]) + len(images["val"]))
-            if need > (budget := feature_budget(device)):
-                plan = FeaturePlan(False, plan.prefix, f"the features up to {plan.prefix} would take "
-                                   f"{need / 2**20:.0f} MiB (budget {budget / 2**20:.0f} MiB)", plan.length)
+        plan = plan_features(steps, config, images=len(images["train"]) + len(images["val"]),
+                             elem_bytes=amp_dtype.itemsize if amp_dtype else 4, budget=feature_budget(device))
         return optimizer, groups, scheduler, plan
 
     first, last, frozen_paths = phases[0]
