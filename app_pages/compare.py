@@ -34,7 +34,8 @@ RUN_COLUMNS = {
     "time (s)": st.column_config.NumberColumn(format="%.1f"),
     "images/s": st.column_config.NumberColumn(format="%.0f"),
     "peak memory (MiB)": st.column_config.NumberColumn(
-        "peak MiB", format="%.0f", help="Peak memory of a training step, in MiB"),
+        "peak MiB", format="%.0f", help="Peak memory in MiB: on a GPU the run's tensors (torch.cuda.max_memory_allocated), "
+                               "on the CPU the app process's resident memory"),
     "trainable params": st.column_config.NumberColumn(
         "trainable", format="localized", help="Trainable parameters"),
 }

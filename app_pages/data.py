@@ -112,6 +112,7 @@ if (draft.dataset, draft.num_classes, draft.val_fraction) != (ds.ref, len(ds.cla
     draft = draft.replace(dataset=ds.ref, num_classes=len(ds.classes), val_fraction=val_fraction)
     st.session_state["draft"] = draft
 st.session_state["dataset_classes"] = ds.classes
+st.session_state.setdefault("dataset_sizes", {})[ds.ref] = (len(ds.train), len(ds.val))  # for the Model page's memory
 
 split_text = "its own train/val folders" if ds.given_split else f"{val_fraction:.0%} per class held out, seed {draft.seed}"
 st.success(f"The run uses **{ds.ref}**: {len(ds.classes)} classes, split by {split_text}.", icon=":material/check_circle:")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core import codegen, costs
 from core.config import data_dir
+from core.devices import amp_dtype, pick_device
 from core.freezing import PRESET_HELP, model_structure, preflight, preset_frozen, preset_label, presets_for, set_frozen
 from core.models import (
     CATALOG,
@@ -21,6 +22,7 @@ from core.models import (
     store_checkpoint,
     run_state_dict,
 )
+from core.memory import run_memory
 from core.runs import RunStore
 from ui.state import draft, update_draft
 from ui.tree import apply_edits, group_table, groups_of, overview_table
@@ -51,6 +53,15 @@ def skeleton(arch: str, num_classes: int):
         st.session_state["model_skeleton"] = build_skeleton(arch, num_classes)
         st.session_state["model_skeleton_key"] = key
     return st.session_state["model_skeleton"]
+
+
+def cost_table(mine: list[dict], full: list[dict]) -> pd.DataFrame:
+    """Two `to_rows()` lists side by side: this choice and full fine-tuning."""
+    return pd.DataFrame({
+        "": [r["quantity"] for r in mine],
+        "This choice": [r["value"] for r in mine],
+        "Full fine-tune": [r["value"] for r in full],
+    })
 
 
 def set_frozen_choice(frozen, preset: str) -> None:
@@ -188,17 +199,45 @@ if has_bn:
                         value=cfg.bn_frozen_eval, key="model_bn_eval")
     cfg = update_draft(bn_frozen_eval=bn_eval)
 
+# --- costs: one training step, and a whole run on the chosen data --------------------------------
+model = skeleton(arch, cfg.num_classes)
+device = pick_device()
+precision = "bf16" if amp_dtype(cfg.precision, device) is not None else "fp32"
+sizes = st.session_state.get("dataset_sizes", {}).get(cfg.dataset)  # (train, val), set by the Data page
+try:
+    profile = profile_for(arch, cfg.num_classes, cfg.image_size)
+except ValueError as exc:  # e.g. BatchNorm refuses one value per channel when a small input shrinks to 1x1
+    profile = None
+    profile_error = f"No cost estimate for {CATALOG[arch].label} at {cfg.image_size[0]}×{cfg.image_size[1]}: {exc}"
+mine_run = full_run = None
+if profile is not None:
+    if sizes:
+        mine_run, full_run = (
+            run_memory(profile, c, train_images=sizes[0], val_images=sizes[1], device=device, skeleton=model)
+            for c in (cfg, cfg.replace(frozen=(), preset="full")))
+        mine, full = mine_run.step, full_run.step
+    else:
+        options = dict(optimizer=cfg.optimizer, batch_size=cfg.batch_size, precision=precision,
+                       bn_frozen_eval=cfg.bn_frozen_eval)
+        mine, full = costs.estimate(profile, cfg.frozen, **options), costs.estimate(profile, (), **options)
+
 # --- counts -----------------------------------------------------------------------------------
 trainable, frozen_count = tree.counts(cfg.frozen)
 total = trainable + frozen_count
-m1, m2, m3 = st.columns(3)
+m1, m2, m3, m4 = st.columns(4)
 m1.metric("Trainable parameters", f"{trainable:,}", f"{costs.human_share(trainable, total)} of all", delta_color="off", delta_arrow="off")
 m2.metric("Frozen parameters", f"{frozen_count:,}", f"{costs.human_share(frozen_count, total)} of all", delta_color="off", delta_arrow="off")
 m3.metric("Strategy", preset_label(cfg.preset))
+if mine_run is not None:
+    m4.metric("Peak memory of a run", costs.human_bytes(mine_run.peak_bytes), f"during {mine_run.peak_moment}",
+              delta_color="off", delta_arrow="off", help=f"Estimated for {device.type.upper()}, {precision}, "
+              f"batch {cfg.batch_size}, {mine_run.images:,} images; see the Cost tab.")
+elif profile is not None:
+    m4.metric("Memory per training step", costs.human_bytes(mine.total_bytes),
+              help="Pick the dataset on the Data page to see the peak of a whole run.")
 st.progress(trainable / total, text=f"{costs.human_share(trainable, total)} of the parameters train")
 
-model = skeleton(arch, cfg.num_classes)
-set_frozen(model, cfg.frozen)
+set_frozen(model, cfg.frozen)  # the run estimate above tried other frozen sets on this skeleton
 problems = [c for c in preflight(model, arch, cfg.bn_frozen_eval) if not c.ok]
 for check in problems:
     st.warning(f"**{check.name}?** {check.detail}", icon=":material/warning:")
@@ -243,32 +282,33 @@ with tab_tree:
 
 # --- cost -------------------------------------------------------------------------------------
 with tab_cost:
-    try:
-        profile = profile_for(arch, cfg.num_classes, cfg.image_size)
-    except ValueError as exc:  # e.g. BatchNorm refuses one value per channel when a small input shrinks to 1x1
-        profile = None
-        st.warning(f"No cost estimate for {CATALOG[arch].label} at {cfg.image_size[0]}×{cfg.image_size[1]}: {exc}",
-                   icon=":material/warning:")
-    if profile is not None:
-        options = dict(optimizer=cfg.optimizer, batch_size=cfg.batch_size, precision="fp32", bn_frozen_eval=cfg.bn_frozen_eval)
-        mine = costs.estimate(profile, cfg.frozen, **options)
-        full = costs.estimate(profile, (), **options)
+    if profile is None:
+        st.warning(profile_error, icon=":material/warning:")
+    else:
         ratio = costs.compare_to_full(mine, full)
         st.markdown(
             f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
             f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "
-            f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, fp32)."
+            f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, {precision} on {device.type.upper()})."
         )
-        st.dataframe(
-            pd.DataFrame({
-                "": [r["quantity"] for r in mine.to_rows()],
-                "This choice": [r["value"] for r in mine.to_rows()],
-                "Full fine-tune": [r["value"] for r in full.to_rows()],
-            }),
-            hide_index=True, width="stretch",
-        )
-        st.caption("FLOPs counted with torch.utils.flop_counter; activation memory is what autograd saves for "
-                   "backward, measured with saved-tensor hooks on the model's structure (no compute).")
+        st.dataframe(cost_table(mine.to_rows(), full.to_rows()), hide_index=True, width="stretch", height="content")
+        st.caption("FLOPs counted with torch.utils.flop_counter. Memory measured on the model's structure (meta "
+                   "device, no compute): what autograd saves for backward (saved-tensor hooks) and the tensors in "
+                   "flight at the busiest layer (live tensors counted op by op).")
+        st.subheader("A whole run")
+        if mine_run is None:
+            st.info("Pick the dataset on the Data page to see the peak memory of a whole run: the decoded images "
+                    "and cached features stay on the device, and the feature pass and evaluation run at twice "
+                    "the batch.", icon=":material/dataset:")
+        else:
+            plan = mine_run.feature_cache
+            cache = (f"features cached up to `{plan.prefix}`" if plan.used
+                     else f"no feature cache ({plan.reason})")
+            st.markdown(f"On **{cfg.dataset}** ({mine_run.images:,} images) with this choice: {cache}.")
+            st.dataframe(cost_table(mine_run.to_rows(), full_run.to_rows()), hide_index=True, width="stretch",
+                         height="content")
+            st.caption("Not counted: the workspaces cuDNN and cuBLAS take on a GPU (most in the first steps, "
+                       "while cuDNN tries algorithms), the CUDA context, and the Python process.")
 
 # --- code -------------------------------------------------------------------------------------
 with tab_code:

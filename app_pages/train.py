@@ -124,7 +124,14 @@ def live_view(run_id: str) -> None:
         k1.metric("Validation accuracy", f"{last['val_acc']:.1%}")
         k2.metric("Train accuracy", f"{last['train_acc']:.1%}")
         k3.metric("Images / s", f"{last['images_per_s']:.0f}")
-        k4.metric("Peak memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB")
+        if str(snap.info.get("device", "")).startswith("cuda"):
+            k4.metric("Peak GPU memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
+                      help="torch.cuda.max_memory_allocated: the run's tensors, what the Model page estimates "
+                           "(plus cuDNN and cuBLAS workspaces, which the estimate leaves out).")
+        else:
+            k4.metric("Peak process memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
+                      help="The app process's peak resident memory (the interpreter, libraries and every run "
+                           "so far included). The Model page's estimate counts the run's tensors only.")
     cache = snap.summary.get("feature_cache") or snap.info.get("feature_cache")
     if cache:
         if not cache.get("used"):

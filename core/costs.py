@@ -536,8 +536,8 @@ class Costs:
     def to_rows(self) -> list[dict[str, str]]:
         """Rows for a table: {"quantity": ..., "value": ...}."""
         rows = [
-            ("Trainable parameters", f"{self.trainable:,} ({self.trainable_pct:.1f}%)"),
-            ("Frozen parameters", f"{self.frozen:,} ({100 - self.trainable_pct:.1f}%)" if self.total else "0"),
+            ("Trainable parameters", f"{self.trainable:,} ({human_share(self.trainable, self.total)})"),
+            ("Frozen parameters", f"{self.frozen:,} ({human_share(self.frozen, self.total)})"),
             ("Total parameters", f"{self.total:,}"),
             ("Forward FLOPs / image", human_flops(self.fwd_flops)),
             ("Backward FLOPs / image", human_flops(self.bwd_flops)),
@@ -592,13 +592,16 @@ def estimate(
                  precision, cached_calls)
 
 
-def feature_pass_bytes(profile: CostProfile, cached_calls: int, batch_size: int, precision: str = "fp32") -> int:
-    """Working memory of computing the feature cache: the first `cached_calls` leaf calls run without
-    autograd on `batch_size` images (the engine uses twice the training batch), nothing saved."""
+def forward_pass_bytes(profile: CostProfile, calls: range, batch_size: int, precision: str = "fp32") -> int:
+    """Working memory of a forward pass without autograd (nothing saved) over the leaf calls `calls` on
+    `batch_size` images: its busiest call's working set. The engine runs two such passes: computing the
+    feature cache (the prefix's calls) and evaluation (the calls not cached), both at twice the batch.
+    When `calls` does not start at the first call, the pass reads cached features, not images."""
     float_bytes = PRECISION_BYTES[precision]
-    first = _first_matmul(profile)
-    return max((_working_bytes(profile, i, float_bytes, batch_size, transient_cast=True, image=i == first)
-                for i in range(min(cached_calls, len(profile.calls)))), default=0)
+    first = _first_matmul(profile) if calls.start == 0 else None
+    return max((_working_bytes(profile, i, float_bytes, batch_size, transient_cast=True,
+                               image=None if first is None else i == first)
+                for i in calls if i < len(profile.calls)), default=0)
 
 
 def _first_matmul(profile: CostProfile) -> int:

@@ -3,9 +3,12 @@
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
+from core.costs import cost_profile, human_bytes
+from core.memory import run_memory
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
 
@@ -163,3 +166,29 @@ def test_uploaded_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
     assert any("could not be read safely" in e.value for e in at.error)
     assert not marker.exists()
     assert at.session_state["draft"].weights == "none"
+
+
+def test_cost_tab_shows_a_whole_run_once_the_dataset_is_known():
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    config = RunConfig(arch="resnet18", num_classes=10, image_size=(64, 64), dataset="demo-target", preset="head",
+                       frozen=tuple(n for n in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")))
+    at.session_state["draft"] = config
+    at.run()
+    assert not at.exception
+    assert metric(at, "Memory per training step")  # no dataset yet: one step only
+    assert any("Pick the dataset on the Data page" in i.value for i in at.info)
+
+    at.session_state["dataset_sizes"] = {"demo-target": (192, 48)}  # what the Data page stores
+    at.run()
+    assert not at.exception
+    peak = metric(at, "Peak memory of a run")
+    run_table = next(d.value for d in at.dataframe if "Peak for the run" in " ".join(map(str, d.value.iloc[:, 0])))
+    assert list(run_table.columns) == ["", "This choice", "Full fine-tune"]
+    last = run_table.iloc[-1]
+    assert last[""].startswith("Peak for the run (during ") and last["This choice"] == peak
+    assert "Decoded images on the device (240)" in list(run_table[""])
+    assert any("features cached up to `flatten`" in m.value for m in at.markdown)
+    # the same figure as core.memory gives for that draft
+    expected = run_memory(cost_profile("resnet18", 10, (64, 64)), at.session_state["draft"], train_images=192,
+                          val_images=48, device=torch.device("cpu"))
+    assert peak == human_bytes(expected.peak_bytes)
