@@ -38,12 +38,13 @@ mean later epoch time (train + val), total wall time of the run (data setup,
 model build, all epochs; not interpreter start), peak memory
 (`torch.cuda.max_memory_allocated`, or the process's peak RSS on the CPU).
 Per case: (b)/(a) in images/s and in wall time, the engine against the
-synthetic step, and the Model page's memory estimate
-(`core.costs.estimate`: batch size, SGD, bf16 on CUDA for the engine, fp32
-with BatchNorm in train mode for the reference) with its error against the
-measured peaks. The engine's peak also holds its resident data (the uint8
-image store and the cached features), which the estimate does not cover: the
-column "peak - data" subtracts it.
+synthetic step, and the Model page's memory estimates with their errors
+against the measured peaks: for (b) the whole run (`core.memory.run_memory`,
+computed in the worker before the run: resident images and cached features,
+the feature pass, training steps, evaluation), for (s) and (a) one training
+step of the whole network (`core.costs.estimate`; bf16 on CUDA for (s), fp32
+with BatchNorm in train mode for the reference). None of them counts cuDNN's
+and cuBLAS's workspaces, which the measured CUDA peaks include.
 """
 
 from __future__ import annotations
@@ -243,13 +244,15 @@ class _Monitor:
         return False
 
 
-def _feature_bytes(arch: str, num_classes: int, size: int, prefix: str, n: int, elem: int) -> int:
-    """Bytes of cached features up to step `prefix` for n images."""
-    from core.features import feature_shape, forward_chain
-    from core.models import build_skeleton
+def _run_estimate(config, device):
+    """The Model page's estimate of the run's peak device memory (`core.memory.run_memory`)."""
+    from core.costs import cost_profile
+    from core.data import load_dataset
+    from core.memory import run_memory
 
-    names = [name for name, _ in forward_chain(build_skeleton(arch, num_classes), arch)]
-    return math.prod(feature_shape(arch, num_classes, (size, size), names.index(prefix) + 1)) * elem * n
+    ds = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
+    profile = cost_profile(config.arch, config.num_classes, config.image_size)
+    return run_memory(profile, config, train_images=len(ds.train), val_images=len(ds.val), device=device)
 
 
 def run_engine(spec: dict) -> dict:
@@ -264,6 +267,7 @@ def run_engine(spec: dict) -> dict:
         optimizer="sgd", lr=0.01, epochs=spec["epochs"], batch_size=spec["batch_size"],
         precision="auto", feature_cache=spec.get("feature_cache", True),
     )  # fmt: skip
+    estimate = _run_estimate(config, device)  # before the run: what the Model page would show for it
     monitor = _Monitor()
     t0 = time.perf_counter()
     result = train(config, monitor, device=device, runs_dir=Path(spec["workdir"]) / "runs")
@@ -271,11 +275,6 @@ def run_engine(spec: dict) -> dict:
     s = result.summary
     cache = s.get("feature_cache") or {}
     source = "read from disk" if cache.get("source") == "disk" else "built"
-    n = s["train_size"] + s["val_size"]
-    data_bytes = n * 3 * spec["size"] ** 2 if device.type == "cuda" else 0  # the uint8 store (on the device when it fits)
-    if cache.get("used"):
-        elem = 2 if s["precision"] == "bf16" else 4
-        data_bytes += _feature_bytes(spec["arch"], spec["num_classes"], spec["size"], cache["prefix"], n, elem)
     return {
         "epochs": monitor.records,
         "total_s": total,
@@ -283,7 +282,8 @@ def run_engine(spec: dict) -> dict:
         "train_size": s["train_size"],
         "val_size": s["val_size"],
         "precision": s["precision"],
-        "data_bytes": data_bytes,
+        "estimate_bytes": estimate.peak_bytes,
+        "estimate_moment": estimate.peak_moment,
         "note": (f"feature cache up to {cache['prefix']} ({source} in {cache.get('build_s', 0):.2f} s)"
                  if cache.get("used") else f"no feature cache ({cache.get('reason')})") + timing_note(s.get("timings")),
         "freeze_audit_ok": (s.get("freeze_audit") or {}).get("ok"),
@@ -439,7 +439,8 @@ def run_row(label: str, r: dict | None, epochs: int | None) -> list[str]:
 
 
 def estimates(arch: str, num_classes: int, size: int, preset: str, batch_size: int, cuda: bool, profiles: dict):
-    """The Model page's memory estimate for the engine (bf16 on CUDA) and for the reference (fp32, BN trains)."""
+    """The per-step memory estimate (`core.costs.estimate`) of the whole network: for the synthetic step
+    (bf16 on CUDA, frozen BatchNorm in eval mode) and for the reference (fp32, BatchNorm trains)."""
     from core.costs import cost_profile, estimate
 
     key = (arch, num_classes, size)
@@ -512,7 +513,7 @@ def benchmark(args, env: dict, workdir: Path) -> str:
         e_ips = steady(eng, "images_per_s") if ok(eng) else None
         a_ips = steady(ref, "images_per_s") if ok(ref) else None
         e_peak = eng.get("peak_mem_bytes") if ok(eng) else None
-        e_data = eng.get("data_bytes") if ok(eng) else None
+        est_run = eng.get("estimate_bytes") if ok(eng) else None
         case_rows.append([
             arch, preset, str(epochs),
             ratio(e_ips, a_ips),
@@ -520,9 +521,8 @@ def benchmark(args, env: dict, workdir: Path) -> str:
             ratio(ref.get("total_s") if ok(ref) else None, eng2.get("total_s") if ok(eng2) else None),
             fmt_num(syn.get("images_per_s")) if ok(syn) else "–",
             share(e_ips, syn.get("images_per_s") if ok(syn) else None),
-            fmt_bytes(est_b), fmt_err(est_b, e_peak),
-            fmt_err(est_b, e_peak - e_data) if e_peak and e_data is not None else "–",
-            fmt_err(est_b, syn.get("peak_mem_bytes") if ok(syn) else None),
+            fmt_bytes(est_run), eng.get("estimate_moment", "–") if ok(eng) else "–", fmt_err(est_run, e_peak),
+            fmt_bytes(est_b), fmt_err(est_b, syn.get("peak_mem_bytes") if ok(syn) else None),
             fmt_bytes(est_a), fmt_err(est_a, ref.get("peak_mem_bytes") if ok(ref) else None),
         ])
     device_name = torch.cuda.get_device_name(0) if cuda and torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
@@ -535,13 +535,16 @@ def benchmark(args, env: dict, workdir: Path) -> str:
                   "peak memory", "precision", "notes"], runs_rows)
     summary = table(["model", "preset", "epochs", "(b)/(a) img/s", "(b)/(a) wall-time speed-up",
                      "(b2)/(a) wall-time speed-up", "synthetic img/s",
-                     "(b) / synthetic", "est. memory (b)", "est. err vs (b) peak", "vs (b) peak - data",
-                     "vs (s) peak", "est. memory (a)", "est. err vs (a) peak"], case_rows)
+                     "(b) / synthetic", "est. run peak (b)", "at", "est. err vs (b) peak",
+                     "est. step (s)", "est. err vs (s) peak", "est. step (a)", "est. err vs (a) peak"], case_rows)
     notes = ("(b)/(a) img/s: train images/s over epochs 2+. Wall-time speed-up: (a)'s total wall time over (b)'s "
              "(or (b2)'s: the next run on the same frozen prefix, which reads the features (b) stored). "
              "(b) / synthetic: the engine's epochs 2+ images/s against the synthetic whole-network step (over 100% "
-             "when the feature cache leaves only the tail to run). Estimate errors are (estimate / measured - 1); "
-             "'peak - data' takes the engine's resident uint8 images and cached features off its peak.")
+             "when the feature cache leaves only the tail to run). Estimate errors are (estimate / measured - 1). "
+             "Est. run peak (b): the Model page's estimate of the whole run (core.memory.run_memory: images and "
+             "cached features on the device, the feature pass, training steps, evaluation), taken in the worker "
+             "before the run, and the moment it expects the peak; est. step: one training step of the whole "
+             "network (core.costs.estimate), against the synthetic step and the reference.")
     if not cuda:
         notes += (" On the CPU the measured peak is the worker process's peak RSS, mostly the Python and torch "
                   "runtime itself, so the memory-estimate errors say little there.")
