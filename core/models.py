@@ -484,6 +484,11 @@ def run_state_dict(run_id: str, arch: str, *, runs_dir: Path | None = None) -> t
         )
     if not store.weights_path(run_id).is_file():
         raise CheckpointError(f"Run {record.name!r} has no saved weights (status: {record.status}).")
-    model = build_model(config.arch, config.num_classes, config.weights, runs_dir=runs_dir)
+    # The run's starting weights, rebuilt as its training built them: from random init the frozen
+    # tensors (stored nowhere) are drawn again from the run's seed. fork_rng leaves the caller's
+    # generator as it was.
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, config.num_classes, config.weights, runs_dir=runs_dir)
     model.load_state_dict(store.load_weights(run_id), strict=False)
     return model.state_dict(), f"run {record.name}"

@@ -147,3 +147,21 @@ def test_imagenet_model_with_cached_weights(tmp_path, monkeypatch):
     assert clf.pre.crop == (224, 224) and clf.pre.resize == (256, 256)
     probs = inference.classify(clf.model, [Image.new("RGB", (300, 200), "red")], clf.pre, "cpu")
     assert probs.shape == (1, 1000) and abs(probs.sum().item() - 1) < 1e-4
+
+
+def test_a_run_from_random_init_with_frozen_layers_classifies_with_the_backbone_it_trained_on(shared, tmp_path):
+    """Only trained tensors are stored; frozen ones are rebuilt. From random init that rebuild must draw
+    the same values as the run did (its seed), or the head would sit on another backbone."""
+    store = RunStore(shared["runs"])
+    config = RunConfig(arch="resnet18", num_classes=3, dataset=str(shared["folder"]), image_size=(32, 32),
+                       batch_size=8, epochs=1, preset="head", seed=7, weights="none",
+                       frozen=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"))
+    run_id = store.create(config, name="head on random init")
+    assert execute(store, run_id, device=torch.device("cpu")).status == "finished"
+    torch.manual_seed(12345)  # whatever the global generator holds when the page loads the run
+    clf = inference.load_run_model(store.load(run_id))
+    torch.manual_seed(config.seed)  # what training built: the run's seed, then the model
+    trained_on = build_model("resnet18", 3, "none")
+    own = clf.model.state_dict()
+    assert torch.equal(own["layer1.0.conv1.weight"], trained_on.state_dict()["layer1.0.conv1.weight"])
+    assert torch.equal(own["fc.weight"], store.load_weights(run_id)["fc.weight"])
