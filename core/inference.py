@@ -123,11 +123,12 @@ def load_run_model(record: RunRecord, device: torch.device | str = "cpu", precis
         raise CheckpointError(f"Run {record.name!r} has no saved weights.")
     runs_dir = Path(runs_dir) if runs_dir is not None else record.path.parent
     state, source = run_state_dict(record.id, config.arch, runs_dir=runs_dir)
-    model = build_model(config.arch, config.num_classes, None)
-    report = load_checkpoint(model, config.arch, state, source=source, require_head=True)
-    if report.missing:
-        raise CheckpointError(f"The weights of run {record.name!r} lack {len(report.missing)} tensors "
-                              f"(e.g. {report.missing[0]}).")
+    with torch.device("meta"):  # the structure only: every tensor comes from `state` (no random init to throw away)
+        model = build_model(config.arch, config.num_classes, None)
+    report = load_checkpoint(model, config.arch, state, source=source, require_head=True, assign=True)
+    left = report.missing or [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"The weights of run {record.name!r} lack {len(left)} tensors (e.g. {left[0]}).")
     classes = run_classes(record)
     if len(classes) != config.num_classes:
         raise CheckpointError(f"Run {record.name!r} lists {len(classes)} classes but its head has {config.num_classes}.")

@@ -408,14 +408,16 @@ def store_checkpoint(data: bytes, filename: str, data_dir: Path) -> Path:
 
 
 def load_checkpoint(
-    model: nn.Module, arch: str, state: dict[str, torch.Tensor], *, source: str = "checkpoint", require_head: bool = False
+    model: nn.Module, arch: str, state: dict[str, torch.Tensor], *, source: str = "checkpoint",
+    require_head: bool = False, assign: bool = False,
 ) -> LoadReport:
     """Load `state` into `model` the `strict=False` way; see `checkpoint_report` for the rules.
 
-    On refusal (`CheckpointError`) the model is unchanged.
+    `assign`: the model's tensors become the checkpoint's (no copy), as a model built on the meta
+    device needs. On refusal (`CheckpointError`) the model is unchanged.
     """
     report = checkpoint_report(model, arch, state, source=source, require_head=require_head)
-    result = model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    result = model.load_state_dict({k: state[k] for k in report.loaded}, strict=False, assign=assign)
     assert sorted(result.missing_keys) == report.missing, "report and load disagree"
     return report
 
