@@ -1,0 +1,138 @@
+"""The memory estimates against live tensor bytes of real runs, on this machine's CPU.
+
+    python bench/memory_check.py            # steps of every catalog family, then whole engine runs
+    python bench/memory_check.py --steps    # only the steps (about 1 minute on 2 cores)
+
+(1) One training step (`core.costs.estimate`): two real SGD steps of each
+    catalog family and preset, fp32 and bf16 autocast, batch 8, measured
+    with `core.livebytes.LiveBytes` (weights, gradients, momentum, saved
+    activations, tensors in flight and autocast copies: all live tensors).
+(2) A whole run (`core.memory.run_memory`): `core.training.train` on a
+    generated 64 px dataset, from decoding to the checkpoint copies, measured
+    the same way (CPU tensors only: meta-device shape checks hold no memory).
+
+On a GPU `torch.cuda.max_memory_allocated` measures the same tensors plus
+cuDNN's and cuBLAS's workspaces; `bench/speed.py` compares the run estimate
+with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+STEP_CASES = [("resnet18", 64), ("vgg11", 64), ("alexnet", 96), ("mobilenet_v3_large", 64), ("densenet121", 64),
+              ("efficientnet_b0", 64), ("convnext_tiny", 64), ("resnet50", 160), ("vgg19_bn", 128)]
+RUN_CASES = [
+    ("resnet18", "head", {}),
+    ("resnet18", "head", {"feature_cache": False}),
+    ("resnet18", "full", {}),
+    ("resnet18", "classifier", {"precision": "bf16"}),
+    ("resnet18", "full", {"unfreeze_after": 1}),
+    ("vgg11", "fc1_fc2", {}),
+    ("vgg11", "head", {"augment": ("flip",)}),
+    ("mobilenet_v3_large", "classifier", {}),
+    ("densenet121", "head", {}),
+    ("efficientnet_b0", "full", {"precision": "bf16"}),
+]
+
+
+def step_peak(arch: str, preset: str, size: int, batch: int, precision: str) -> tuple[int, int]:
+    """(measured peak, estimate) of two SGD steps, weights included."""
+    import torch
+    import torch.nn.functional as F
+
+    from core.costs import cost_profile, estimate
+    from core.freezing import preset_frozen, set_frozen, set_train_mode
+    from core.livebytes import LiveBytes
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, 5)
+    frozen = preset_frozen(model, arch, preset)
+    set_frozen(model, frozen)
+    set_train_mode(model, True)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    y = torch.arange(batch) % 5
+    with LiveBytes() as mem:
+        mem.track(list(model.parameters()), list(model.buffers()))
+        for _ in range(2):
+            x = torch.randn(batch, 3, size, size)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            del x, logits, loss
+    est = estimate(cost_profile(arch, 5, (size, size)), frozen, batch_size=batch, precision=precision)
+    return mem.peak, est.total_bytes
+
+
+def check_steps() -> list[str]:
+    from core.freezing import presets_for
+
+    rows = ["| model | size | preset | precision | measured | estimate | error |", "|---|---|---|---|---|---|---|"]
+    for arch, size in STEP_CASES:
+        for preset in (p for p in presets_for(arch) if p != "last"):
+            for precision in ("fp32", "bf16"):
+                measured, est = step_peak(arch, preset, size, 8, precision)
+                rows.append(f"| {arch} | {size} | {preset} | {precision} | {measured / 2**20:.1f} MiB | "
+                            f"{est / 2**20:.1f} MiB | {est / measured - 1:+.1%} |")
+                print(rows[-1], flush=True)
+    return rows
+
+
+def check_runs(workdir: Path) -> list[str]:
+    import torch
+
+    from core.costs import cost_profile
+    from core.data import load_dataset
+    from core.livebytes import LiveBytes
+    from core.memory import run_memory
+    from core.training import train
+    from test_training import Recorder, config_for, draw_folder
+
+    folder = draw_folder(workdir / "shapes", per_class=20, size=64)
+    cpu = torch.device("cpu")
+    rows = ["| model | preset | changes | measured | estimate | expected peak at | error |",
+            "|---|---|---|---|---|---|---|"]
+    for arch, preset, changes in RUN_CASES:
+        config = config_for(folder, preset=preset, arch=arch, image_size=(64, 64), **changes)
+        ds = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
+        est = run_memory(cost_profile(arch, config.num_classes, config.image_size), config,
+                         train_images=len(ds.train), val_images=len(ds.val), device=cpu)
+        with LiveBytes(device_type="cpu") as mem:
+            train(config, Recorder(), device=cpu, runs_dir=workdir / "runs")
+        text = ", ".join(f"{k}={v}" for k, v in changes.items()) or "–"
+        rows.append(f"| {arch} | {preset} | {text} | {mem.peak / 2**20:.1f} MiB | {est.peak_bytes / 2**20:.1f} MiB | "
+                    f"{est.peak_moment} | {est.peak_bytes / mem.peak - 1:+.1%} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", action="store_true", help="only the per-step check")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="freeze-lab-memory-"))
+    os.environ["FREEZE_LAB_DATA_DIR"] = str(workdir / "data")
+    os.environ["FREEZE_LAB_RUNS_DIR"] = str(workdir / "runs")
+    print("## One training step (core.costs.estimate)\n")
+    steps = check_steps()
+    runs = [] if args.steps else check_runs(workdir)
+    print("\n" + "\n".join(steps))
+    if runs:
+        print("\n## A whole run (core.memory.run_memory)\n\n" + "\n".join(runs))
+
+
+if __name__ == "__main__":
+    main()
