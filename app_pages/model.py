@@ -298,8 +298,7 @@ with tab_cost:
         st.subheader("A whole run")
         if mine_run is None:
             st.info("Pick the dataset on the Data page to see the peak memory of a whole run: the decoded images "
-                    "and cached features stay on the device, and the feature pass and evaluation run at twice "
-                    "the batch.", icon=":material/dataset:")
+                    "and cached features stay on the device next to the training state.", icon=":material/dataset:")
         else:
             plan = mine_run.feature_cache
             cache = (f"features cached up to `{plan.prefix}`" if plan.used

@@ -595,7 +595,7 @@ def estimate(
 def forward_pass_bytes(profile: CostProfile, calls: range, batch_size: int, precision: str = "fp32") -> int:
     """Working memory of a forward pass without autograd (nothing saved) over the leaf calls `calls` on
     `batch_size` images: its busiest call's working set. The engine runs two such passes: computing the
-    feature cache (the prefix's calls) and evaluation (the calls not cached), both at twice the batch.
+    feature cache (the prefix's calls) and evaluation (the calls not cached), both at the training batch.
     When `calls` does not start at the first call, the pass reads cached features, not images."""
     float_bytes = PRECISION_BYTES[precision]
     first = _first_matmul(profile) if calls.start == 0 else None

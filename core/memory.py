@@ -11,12 +11,12 @@
 and its memory peaks in one of these moments (`RunMemory.moments`):
 
 - **feature pass**: every weight, the images, the features and the working set
-  of the prefix at twice the batch size, without autograd
+  of the prefix at the batch size, without autograd
   (`core.training.compute_features`);
 - **training step**: `Costs.total_bytes` of what is not cached (weights,
   gradients, optimizer state, saved activations, working set, bf16 weight
   copies), with the images and features still there;
-- **evaluation**: the forward of what is not cached at twice the batch size
+- **evaluation**: the forward of what is not cached at the batch size
   without autograd, next to the weights, gradients and optimizer state.
 
 On the CPU the device memory is the host's, so two more things count: the
@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from core.config import RunConfig
 from core.costs import Costs, CostProfile, estimate, forward_pass_bytes, human_bytes
@@ -88,8 +89,8 @@ class RunMemory:
         rows = [
             (f"Decoded images on the device ({self.images:,})", human_bytes(self.data_bytes)),
             ("Cached features", human_bytes(self.features_bytes)),
-            ("Computing the features (batch ×2, no autograd)", human_bytes(self.feature_pass_bytes)),
-            ("Evaluation (batch ×2, no autograd)", human_bytes(self.eval_bytes)),
+            ("Computing the features (no autograd)", human_bytes(self.feature_pass_bytes)),
+            ("Evaluation (no autograd)", human_bytes(self.eval_bytes)),
         ]
         if self.audit_bytes or self.checkpoint_bytes:
             rows.append(("Copies for the freeze audit and the checkpoint (CPU)",
@@ -109,37 +110,42 @@ def cached_calls(profile: CostProfile, prefix: list[str]) -> int:
 
 
 def run_memory(profile: CostProfile, config: RunConfig, *, train_images: int, val_images: int,
-               device: torch.device) -> RunMemory:
+               device: torch.device, skeleton: nn.Module | None = None) -> RunMemory:
     """The device memory a run of `config` on `device` needs, for a dataset of that many images.
 
-    `profile` is `cost_profile(config.arch, config.num_classes, config.image_size)`. See the module
-    docstring for what is counted.
+    `profile` is `cost_profile(config.arch, config.num_classes, config.image_size)`. `skeleton`: a
+    meta-device model of that architecture to reuse (its frozen set and modes are changed here);
+    one is built when not given. See the module docstring for what is counted.
     """
+    if skeleton is None:
+        skeleton = build_skeleton(config.arch, config.num_classes)
     phases = [tuple(config.frozen)]
     if config.unfreeze_after > 0:
-        phases.insert(0, preset_frozen(build_skeleton(config.arch, config.num_classes), config.arch, "head"))
-    return max((_phase_memory(profile, config, frozen, train_images, val_images, device) for frozen in phases),
-               key=lambda m: m.peak_bytes)
+        phases.insert(0, preset_frozen(skeleton, config.arch, "head"))
+    return max((_phase_memory(profile, config, frozen, train_images, val_images, device, skeleton)
+                for frozen in phases), key=lambda m: m.peak_bytes)
 
 
 def _phase_memory(profile: CostProfile, config: RunConfig, frozen: tuple[str, ...], train_images: int,
-                  val_images: int, device: torch.device) -> RunMemory:
+                  val_images: int, device: torch.device, skeleton: nn.Module) -> RunMemory:
     dtype = amp_dtype(config.precision, device)
     precision = "bf16" if dtype is not None else "fp32"
     elem_bytes = dtype.itemsize if dtype is not None else 4
     images = train_images + val_images
 
-    skeleton = build_skeleton(config.arch, config.num_classes)
     set_frozen(skeleton, frozen)
     set_train_mode(skeleton, config.bn_frozen_eval)
     steps = forward_chain(skeleton, config.arch)
     plan = plan_features(steps, config, images=images, elem_bytes=elem_bytes, budget=feature_budget(device))
     cached = cached_calls(profile, [name for name, _ in steps[:plan.length]]) if plan.used else 0
 
-    # The largest batch each pass forms: a split smaller than the batch is one batch of its own size.
+    # The largest batch each pass forms: a split smaller than the batch is one batch of its own size,
+    # except in the passes without autograd on CUDA, which pad every batch to the full size
+    # (`core.training.Loop.no_grad_batches`).
     step_batch = min(config.batch_size, train_images)
-    pass_batch = min(2 * config.batch_size, max(train_images, val_images))
-    eval_batch = min(2 * config.batch_size, val_images)
+    padded = device.type == "cuda"
+    pass_batch = config.batch_size if padded else min(config.batch_size, max(train_images, val_images))
+    eval_batch = config.batch_size if padded else min(config.batch_size, val_images)
     step = estimate(profile, frozen, optimizer=config.optimizer, batch_size=step_batch, precision=precision,
                     bn_frozen_eval=config.bn_frozen_eval, cached_calls=cached)
     h, w = config.image_size

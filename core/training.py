@@ -310,6 +310,7 @@ class Loop:
     amp_dtype: torch.dtype | None  # bf16 autocast, or None for fp32
     batch_size: int
     fault: _Fault
+    pad_batches: bool = False  # passes without autograd pad their last batch to the full size (CUDA: autotuning)
 
     def autocast(self):
         device_type = self.feeder.device.type
@@ -317,6 +318,23 @@ class Loop:
 
     def inputs(self, split: Split, idx: Tensor, *, features: bool, train: bool) -> Tensor:
         return self.feeder.features(split.x, idx) if features else self.feeder.images(split.x, idx, train)
+
+    def no_grad_batches(self, n: int):
+        """Index batches of `n` samples for a pass without autograd (evaluation, the feature pass), and
+        how many of each batch are real.
+
+        Every batch has the training batch size: the forward shapes the training steps already ran.
+        With cuDNN autotuning (CUDA) each new input shape tunes every convolution again, so the last
+        batch is padded up to the full size by repeating its last sample and the padding's outputs are
+        dropped; every module here is in eval mode, so a sample's output does not depend on the rest of
+        its batch. On other devices nothing is tuned and the last batch stays short (`pad_batches`).
+        """
+        for start in range(0, n, self.batch_size):
+            idx = torch.arange(start, min(start + self.batch_size, n))
+            real = len(idx)
+            if self.pad_batches and real < self.batch_size:
+                idx = torch.cat([idx, idx[-1:].expand(self.batch_size - real)])
+            yield idx, real
 
 
 def train_one_epoch(
@@ -371,12 +389,11 @@ def evaluate(forward: Callable[[Tensor], Tensor], data: Split, loop: Loop, num_c
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
     with torch.inference_mode():
-        for start, end in batch_slices(len(data), 2 * loop.batch_size):
-            idx = torch.arange(start, end)
+        for idx, real in loop.no_grad_batches(len(data)):
             x = loop.inputs(data, idx, features=features, train=False)
-            y = data.y[start:end]
+            y = data.y[idx[:real].to(data.y.device)]
             with loop.autocast():
-                logits = forward(x)
+                logits = forward(x)[:real]
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
     confusion = confusion.view(num_classes, num_classes).cpu()
@@ -401,15 +418,16 @@ def compute_features(prefix: list[tuple[str, nn.Module]], split: Split, loop: Lo
     """
     out = None
     with torch.no_grad():
-        for start, end in batch_slices(len(split), 2 * loop.batch_size):
+        for idx, real in loop.no_grad_batches(len(split)):
             if loop.monitor.should_stop():
                 raise RunCancelled("stopped while computing the feature cache")
-            x = loop.inputs(split, torch.arange(start, end), features=False, train=False)
+            x = loop.inputs(split, idx, features=False, train=False)
             with loop.autocast():
-                f = run_chain(prefix, x)
+                f = run_chain(prefix, x)[:real]
             if out is None:
                 out = torch.empty((len(split), *f.shape[1:]), dtype=f.dtype, device=f.device)
-            out[start:end] = f
+            start = int(idx[0])
+            out[start:start + real] = f
     return Split(out.contiguous(), split.y)
 
 
@@ -500,7 +518,8 @@ def train(
         y = torch.tensor([s.label for s in samples], dtype=torch.long, device=device)
         images[split_name] = Split(place(x, device), y)
         images_keys[split_name] = decode_key(paths, pre)
-    loop = Loop(monitor, Feeder(device, pre, tuple(config.augment), augment_gen), amp_dtype, config.batch_size, fault)
+    loop = Loop(monitor, Feeder(device, pre, tuple(config.augment), augment_gen), amp_dtype, config.batch_size, fault,
+                pad_batches=device.type == "cuda")
     timings = {"data_s": time.perf_counter() - t_start}
 
     # --- model

@@ -301,6 +301,28 @@ def test_batch_slices_never_leave_a_single_sample():
     assert math.ceil(18 / 8) == len(batch_slices(18, 8))
 
 
+def test_padded_batches_without_autograd_give_the_same_results():
+    """On CUDA the passes without autograd pad their last batch to the training batch size (one input
+    shape per run for cuDNN's autotuning); the padding must not change a single result."""
+    from core.data import preprocess_for
+    from core.training import Feeder, Loop, Split, compute_features, evaluate
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3).eval()
+    split = Split(torch.randint(0, 256, (13, 3, 32, 32), dtype=torch.uint8), torch.arange(13) % 3)
+    feeder = Feeder(CPU, preprocess_for("resnet18", "none", (32, 32)), (), torch.Generator())
+    plain, padded = (Loop(Recorder(), feeder, None, 4, training._Fault(None), pad_batches=pad) for pad in (False, True))
+    assert [(len(i), r) for i, r in padded.no_grad_batches(13)] == [(4, 4), (4, 4), (4, 4), (4, 1)]
+    assert [(len(i), r) for i, r in plain.no_grad_batches(13)] == [(4, 4), (4, 4), (4, 4), (1, 1)]
+    a, b = (evaluate(model, split, loop, 3, features=False) for loop in (plain, padded))
+    assert a["confusion"] == b["confusion"] and a["val_acc"] == b["val_acc"]
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    prefix = forward_chain(model, "resnet18")[:8]  # up to layer2.1
+    fa, fb = (compute_features(prefix, split, loop).x for loop in (plain, padded))
+    assert fa.shape == fb.shape == (13, 128, 4, 4)
+    assert torch.allclose(fa, fb, atol=1e-5)
+
+
 def test_chain_prefix_output_feeds_the_tail(folder):
     # The cached prefix's output, run through the remaining steps, is the model's output.
     model = build_model("resnet18", 3).eval()
