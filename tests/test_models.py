@@ -2,6 +2,7 @@
 
 import io
 import pickle
+import re
 import urllib.request
 
 import pytest
@@ -191,3 +192,52 @@ def test_uploaded_checkpoint_is_stored_under_the_data_dir_whatever_its_name(tmp_
     assert path.read_bytes() == data
     assert models.store_checkpoint(data, "other.pt", tmp_path).read_bytes() == data
     assert not (tmp_path.parent / "etc").exists()
+
+
+def test_a_full_checkpoint_is_assigned_to_a_meta_built_backbone(tmp_path):
+    """Every backbone tensor in the file: no random init is computed for it, the model holds the file's
+    values (cast to fp32 where the file has another dtype), a fresh head, and trains as usual."""
+    source = build_model("resnet18", 1000)
+    state = {k: (v.half() if k == "layer1.0.conv1.weight" else v) for k, v in source.state_dict().items()}
+    path = tmp_path / "full.pt"
+    torch.save(state, path)
+    model, report = models.prepare_model("resnet18", 7, path)
+    assert report.missing == ["fc.bias", "fc.weight"] and not report.unexpected
+    own = model.state_dict()
+    assert torch.equal(own["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
+    assert own["layer1.0.conv1.weight"].dtype == torch.float32
+    assert torch.equal(own["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"].float())
+    assert model.fc.out_features == 7 and not model.fc.weight.is_meta
+    params = list(model.parameters())
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad and not p.is_meta for p in params)
+    assert not any(b.is_meta for b in model.buffers())
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert model.conv1.weight.grad is not None
+
+
+def test_a_partial_checkpoint_keeps_torchvision_init_for_what_it_lacks(tmp_path):
+    source = build_model("resnet18", 1000).state_dict()
+    partial = {k: v for k, v in source.items() if not k.startswith("layer4.1.")}
+    path = tmp_path / "partial.pt"
+    torch.save(partial, path)
+    model, report = models.prepare_model("resnet18", 3, path)
+    assert "layer4.1.conv1.weight" in report.missing
+    assert not any(t.is_meta for t in model.state_dict().values())
+    assert model.layer4[1].conv1.weight.std() > 0  # initialised, not empty
+    assert torch.equal(model.layer1[0].conv1.weight, source["layer1.0.conv1.weight"])
+
+
+def test_densenet_imagenet_file_with_old_key_names_still_loads(tmp_path, monkeypatch):
+    """torchvision's DenseNet files name some keys the old way (norm.1); its own builder renames them,
+    so those files take the builder's path."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    state = build_model("densenet121", 1000).state_dict()
+    old = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    old_names = {old.sub(r"\1.\2", k): v for k, v in state.items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old_names
+    path = models.imagenet_cache_path("densenet121")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(old_names, path)
+    model = build_model("densenet121", 4, "imagenet")
+    assert torch.equal(model.features.denseblock1.denselayer1.norm1.weight,
+                       state["features.denseblock1.denselayer1.norm1.weight"])
