@@ -194,9 +194,14 @@ with preset_cols[-1]:
 cfg = draft()
 
 has_bn = any(n.kind.startswith("BatchNorm") for n in tree.nodes)
-if has_bn:
-    bn_eval = st.toggle("Frozen BatchNorm layers stay in eval mode (running statistics do not move)",
-                        value=cfg.bn_frozen_eval, key="model_bn_eval")
+has_sd = any(n.kind == "StochasticDepth" for n in tree.nodes)
+if has_bn or has_sd:
+    what = ["BatchNorm statistics do not move"] if has_bn else []
+    what += ["frozen blocks skip stochastic depth"] if has_sd else []
+    bn_eval = st.toggle(f"Frozen layers stay in eval mode ({', '.join(what)})", value=cfg.bn_frozen_eval,
+                        key="model_bn_eval",
+                        help="A frozen layer then computes the same function in training as at inference, "
+                             "so a frozen backbone's features can be computed once (the feature cache).")
     cfg = update_draft(bn_frozen_eval=bn_eval)
 
 # --- costs: one training step, and a whole run on the chosen data --------------------------------

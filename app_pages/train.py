@@ -24,7 +24,7 @@ with st.container(border=True):
     c1.metric("Model", arch_spec(cfg.arch).label, cfg.weights if not cfg.weights.startswith("run:") else "weights of " + cfg.weights, delta_color="off", delta_arrow="off")
     c2.metric("Strategy", preset_label(cfg.preset), f"{trainable:,} trainable", delta_color="off", delta_arrow="off")
     c3.metric("Dataset", cfg.dataset, f"{cfg.num_classes} classes", delta_color="off", delta_arrow="off")
-    c4.metric("Input", f"{cfg.image_size[0]}×{cfg.image_size[1]}", "BN frozen in eval" if cfg.bn_frozen_eval else "BN stats update", delta_color="off", delta_arrow="off")
+    c4.metric("Input", f"{cfg.image_size[0]}×{cfg.image_size[1]}", "frozen layers in eval mode" if cfg.bn_frozen_eval else "frozen layers in train mode", delta_color="off", delta_arrow="off")
     st.caption("Change the model and its layers on the Model page, the dataset on the Data page.")
 
 if cfg.weights == "imagenet" and not imagenet_available(cfg.arch):

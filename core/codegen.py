@@ -22,7 +22,7 @@ torchvision (no Freeze Lab import), written the way torchvision users write it:
 - one ``requires_grad_(False)`` line per frozen path (a module, or a parameter
   held by a container such as ConvNeXt's ``layer_scale``);
 - with ``bn_frozen_eval``, a small ``train_mode(model)`` that keeps frozen
-  BatchNorm layers in eval mode;
+  BatchNorm layers, and the stochastic depth of frozen blocks, in eval mode;
 - the optimizer over trainable parameters only, in "head" and "backbone"
   groups (discriminative rate ``lr * backbone_lr_mult``), the same class,
   momentum, weight decay and scheduler as `core.training`, and a printout of
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from torch import nn
 from torchvision import models as tvm
+from torchvision.ops import StochasticDepth
 
 from core.config import RunConfig, runs_dir
 from core.models import arch_spec, build_skeleton
@@ -48,7 +49,7 @@ def generate_code(config: RunConfig) -> str:
     Raises `ValueError` for an unknown architecture or a frozen path the model does not have.
     """
     spec = arch_spec(config.arch)
-    param_names, module_names, has_bn = _structure(config.arch)
+    param_names, module_names, has_bn, has_sd = _structure(config.arch)
     params, modules = [], []
     for path in config.frozen:
         if path in param_names:
@@ -65,6 +66,7 @@ def generate_code(config: RunConfig) -> str:
         "import torch",
         "from torch import nn",
         "from torchvision import models",
+        *(["from torchvision.ops import StochasticDepth"] if has_sd and config.bn_frozen_eval else []),
         "",
         f"NUM_CLASSES = {config.num_classes}",
         f"LR = {config.lr!r}  # learning rate of the new head",
@@ -74,13 +76,13 @@ def generate_code(config: RunConfig) -> str:
     ]
     out += _weights_lines(config, head)
     out += _freeze_lines(modules, params)
-    out += _bn_lines(config, has_bn, bool(config.frozen))
+    out += _mode_lines(config, has_bn, has_sd)
     out += _optimizer_lines(config, spec.head)
     out += [
         "",
         f"# A training step, with images of shape [batch, 3, {h}, {w}]"
         " (other sizes work too; the models pool adaptively):",
-        "#   train_mode(model)" if has_bn and config.bn_frozen_eval else "#   model.train()",
+        "#   train_mode(model)" if (has_bn or has_sd) and config.bn_frozen_eval else "#   model.train()",
         "#   loss = nn.functional.cross_entropy(model(images), labels)",
         "#   optimizer.zero_grad()",
         "#   loss.backward()",
@@ -92,12 +94,14 @@ def generate_code(config: RunConfig) -> str:
 
 
 @functools.lru_cache(maxsize=None)  # one entry per catalog architecture, immutable
-def _structure(arch: str) -> tuple[frozenset[str], frozenset[str], bool]:
-    """(parameter names, module paths, has BatchNorm) of `arch`; the head size changes none of them."""
+def _structure(arch: str) -> tuple[frozenset[str], frozenset[str], bool, bool]:
+    """(parameter names, module paths, has BatchNorm, has stochastic depth) of `arch`; the head size
+    changes none of them."""
     skeleton = build_skeleton(arch, 2)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in skeleton.modules())
+    has_sd = any(isinstance(m, StochasticDepth) for m in skeleton.modules())
     return (frozenset(n for n, _ in skeleton.named_parameters()),
-            frozenset(n for n, _ in skeleton.named_modules() if n), has_bn)
+            frozenset(n for n, _ in skeleton.named_modules() if n), has_bn, has_sd)
 
 
 def attr_path(path: str, root: str = "model") -> str:
@@ -172,25 +176,39 @@ def _freeze_lines(modules: list[str], params: list[str]) -> list[str]:
     return lines
 
 
-def _bn_lines(config: RunConfig, has_bn: bool, any_frozen: bool) -> list[str]:
-    if not has_bn:
+def _mode_lines(config: RunConfig, has_bn: bool, has_sd: bool) -> list[str]:
+    """`train_mode(model)`, as `core.freezing.set_train_mode`: frozen BatchNorm layers and the
+    stochastic depth of frozen blocks in eval mode."""
+    if not (has_bn or has_sd):
         return []
     if not config.bn_frozen_eval:
-        return ["", "# Frozen BatchNorm layers are left in train mode: their running statistics will still move."]
-    return [
+        what = ["their running statistics will still move"] if has_bn else []
+        what += ["frozen blocks still drop their branch at random (stochastic depth)"] if has_sd else []
+        return ["", f"# Frozen layers are left in train mode: {'; '.join(what)}."]
+    kept = ["BatchNorm keeps its running statistics"] if has_bn else []
+    kept += ["a frozen block skips stochastic depth"] if has_sd else []
+    lines = [
         "",
         "",
         "def train_mode(model):",
-        "    \"\"\"model.train(), but frozen BatchNorm layers stay in eval mode (their running statistics stay fixed).\"\"\"",
+        f"    \"\"\"model.train(), but frozen layers stay in eval mode: {', '.join(kept)}.\"\"\"",
         "    model.train()",
         "    for m in model.modules():",
-        "        if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):",
-        "            m.eval()",
-        "    return model",
-        "",
-        "",
-        "train_mode(model)",
     ]
+    if has_bn:
+        lines += [
+            "        if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):",
+            "            m.eval()",
+        ]
+    if has_sd:
+        lines += [
+            "        params = list(m.parameters())",
+            "        if params and not any(p.requires_grad for p in params):",
+            "            for child in m.children():",
+            "                if isinstance(child, StochasticDepth):",
+            "                    child.eval()",
+        ]
+    return lines + ["    return model", "", "", "train_mode(model)"]
 
 
 def _optimizer_lines(config: RunConfig, head_path: str) -> list[str]:

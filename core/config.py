@@ -30,7 +30,7 @@ class RunConfig:
     # --- freezing ----------------------------------------------------------
     frozen: tuple[str, ...] = ()  # dotted module paths frozen (with everything under them)
     preset: str = "full"  # how `frozen` was chosen: a preset name, "last2", or "custom"
-    bn_frozen_eval: bool = True  # frozen BatchNorm layers stay in eval mode (running stats fixed)
+    bn_frozen_eval: bool = True  # frozen BatchNorm layers and frozen blocks' stochastic depth stay in eval mode
     unfreeze_after: int = 0  # gradual unfreezing: >0 trains only the head for this many epochs first
     # --- data --------------------------------------------------------------
     dataset: str = "demo-target"  # "demo-source" | "demo-target" | a folder path | "cifar10" | "flowers102"

@@ -23,6 +23,7 @@ from itertools import accumulate
 
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from core.models import arch_spec, build_skeleton, get_module
 
@@ -235,17 +236,34 @@ def is_frozen_bn(module: nn.Module) -> bool:
     )
 
 
+def frozen_stochastic_depth(model: nn.Module) -> list[nn.Module]:
+    """The stochastic-depth modules of frozen blocks: a `StochasticDepth` whose parent (the residual
+    block it drops, e.g. an EfficientNet MBConv or a ConvNeXt CNBlock) has parameters, all frozen."""
+    out = []
+    for block in model.modules():
+        params = list(block.parameters())
+        if params and not any(p.requires_grad for p in params):
+            out += [child for child in block.children() if isinstance(child, StochasticDepth)]
+    return out
+
+
 def set_train_mode(model: nn.Module, bn_frozen_eval: bool = True) -> nn.Module:
-    """`model.train()`, then frozen BatchNorm layers back to eval mode (unless switched off).
+    """`model.train()`, then frozen layers back to eval mode (unless switched off): frozen BatchNorm
+    layers and the stochastic depth of frozen blocks.
 
     In eval mode a BatchNorm normalises with its stored running statistics and
-    does not update them, which is what "frozen" means to most users.
+    does not update them, which is what "frozen" means to most users. A frozen
+    residual block likewise computes its fixed function instead of dropping its
+    branch at random; with both, a frozen backbone is a fixed function of the
+    image, which the feature cache (`core.features`) relies on.
     """
     model.train()
     if bn_frozen_eval:
         for module in model.modules():
             if is_frozen_bn(module):
                 module.eval()
+        for module in frozen_stochastic_depth(model):
+            module.eval()
     return model
 
 

@@ -70,6 +70,8 @@ def check_against_core(config: RunConfig, namespace: dict, reference: torch.nn.M
         ("alexnet", "classifier"),
         ("mobilenet_v3_large", "head"),
         ("mobilenet_v3_large", "last2"),
+        ("efficientnet_b0", "head"),  # BatchNorm and the stochastic depth of frozen blocks
+        ("convnext_tiny", "last2"),  # stochastic depth only
     ],
 )
 def test_snippet_trains_what_core_trains(arch, preset):
@@ -109,7 +111,7 @@ def test_convnext_custom_set_with_a_parameter_path():
     code = generate_code(config)
     assert "model.features[1][0].layer_scale.requires_grad_(False)" in code
     assert "model.features[1][1].block.requires_grad_(False)" in code
-    assert "def train_mode" not in code  # ConvNeXt has no BatchNorm
+    assert "def train_mode" in code and "nn.BatchNorm2d" not in code  # ConvNeXt: stochastic depth, no BatchNorm
     namespace, _ = run_snippet(code)
     check_against_core(config, namespace)
     assert isinstance(namespace["optimizer"], torch.optim.AdamW)
