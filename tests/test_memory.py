@@ -14,17 +14,10 @@ from core.costs import cost_profile
 from core.data import load_dataset
 from core.livebytes import LiveBytes
 from core.memory import cached_calls, run_memory
-from core.training import FAULT_ENV, train
-from test_training import Recorder, config_for, draw_folder
+from core.training import train
+from tests.test_training import _isolated, Recorder, config_for, draw_folder  # noqa: F401 (an autouse fixture)
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.delenv(FAULT_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")

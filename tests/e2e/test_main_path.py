@@ -316,7 +316,13 @@ def test_main_path(app_server, page, shots, tmp_path):
     expect(progress).to_contain_text(epochs_after(e1, EPOCHS_FULL), timeout=LIVE)
     e2 = progress_epoch(page)
     expect(points.nth(n1)).to_be_attached(timeout=LIVE)  # more points than at the first moment
-    n2 = points.count()
+    # Read the count until it shows them: the live fragment redraws the chart, and a count taken
+    # during a redraw once read the old number right after the new point had been seen.
+    for _ in range(40):
+        n2 = points.count()
+        if n2 > n1:
+            break
+        page.wait_for_timeout(250)
     assert e2 > e1 and n2 > n1, (e1, n1, e2, n2)
     snap(page, shots / "09_training_live_later.png")
 
