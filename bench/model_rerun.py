@@ -2,7 +2,8 @@
 
 Drives the page with Streamlit's AppTest (the script runs exactly as under
 `streamlit run`, without a browser), warms the caches once, then times reruns
-that each untick or tick one layer in the tree. AppTest adds its own overhead
+that each untick or tick one layer in the tree (with a dataset's size known, so the
+page also estimates a whole run's memory). AppTest adds its own overhead
 (protobuf round trip of every element), so the figures are an upper bound.
 
     python bench/model_rerun.py [--arch resnet50] [--size 224] [--clicks 20]
@@ -35,7 +36,10 @@ def main() -> None:
     os.environ.setdefault("FREEZE_LAB_RUNS_DIR", tempfile.mkdtemp())
 
     at = AppTest.from_file(str(ROOT / "app_pages" / "model.py"), default_timeout=120)
-    at.session_state["draft"] = RunConfig(arch=args.arch, num_classes=10, image_size=(args.size, args.size))
+    config = RunConfig(arch=args.arch, num_classes=10, image_size=(args.size, args.size))
+    at.session_state["draft"] = config
+    # as after a visit to the Data page: the page also estimates a whole run on 1,920 + 480 images
+    at.session_state["dataset_sizes"] = {config.dataset: (1920, 480)}
     t0 = time.perf_counter()
     at.run()
     first = time.perf_counter() - t0
