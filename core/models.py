@@ -441,8 +441,13 @@ def prepare_model(
     if weights == "imagenet":
         download_imagenet_weights(arch, progress)
         imagenet = imagenet_weights(arch)
-        model = _assembled(arch, num_classes, imagenet.get_state_dict(progress=False))
-        if model is None:  # keys torchvision's own builder renames on loading (DenseNet's old names)
+        state = imagenet.get_state_dict(progress=False)
+        model = _meta_backbone(arch, num_classes)
+        try:
+            loaded = checkpoint_report(model, arch, state).loaded
+        except CheckpointError:  # keys torchvision's own builder renames on loading (DenseNet's old names)
+            loaded = []
+        if not _assign_all(model, state, loaded):
             model = replace_head(tvm.get_model(spec.name, weights=imagenet, progress=False), arch, num_classes)
         return model, None
     if isinstance(weights, str) and weights.startswith("run:"):
@@ -450,33 +455,36 @@ def prepare_model(
     else:
         path = Path(weights)
         state, source = read_state_dict(path), path.name
-    report = checkpoint_report(build_skeleton(arch, num_classes), arch, state, source=source)  # refuses a misfit
-    model = _assembled(arch, num_classes, state)
-    if model is not None:
+    model = _meta_backbone(arch, num_classes)
+    report = checkpoint_report(model, arch, state, source=source)  # refuses a checkpoint of another architecture
+    if _assign_all(model, state, report.loaded):
         return model, report
-    model = replace_head(tvm.get_model(spec.name, weights=None), arch, num_classes)
+    model = replace_head(tvm.get_model(spec.name, weights=None), arch, num_classes)  # a partial checkpoint
     return model, load_checkpoint(model, arch, state, source=source)
 
 
-def _assembled(arch: str, num_classes: int, state: dict[str, torch.Tensor]) -> nn.Module | None:
-    """`arch` with a fresh `num_classes` head and every other tensor taken from `state`, or None when
-    `state` does not hold every backbone tensor under the model's own names and shapes.
-
-    The backbone is built on the meta device and takes the checkpoint's tensors as they are
-    (`load_state_dict(assign=True)`, cast to the model's dtype where they differ): no random init
-    computed and thrown away, which is about a second for VGG-19 on a CPU. Only the new head is
-    initialised, as `replace_head` always does. A partial checkpoint, whose missing tensors keep
-    torchvision's init, goes the long way (`load_checkpoint`).
-    """
+def _meta_backbone(arch: str, num_classes: int) -> nn.Module:
+    """`arch` built on the meta device (no memory, no random init), with a new `num_classes` head built
+    for real when the size differs (`replace_head` runs outside the meta context)."""
     with torch.device("meta"):
-        skeleton = tvm.get_model(arch_spec(arch).name, weights=None)
-    model = replace_head(skeleton, arch, num_classes)  # out of the meta context: a new head is built for real
+        model = tvm.get_model(arch_spec(arch).name, weights=None)
+    return replace_head(model, arch, num_classes)
+
+
+def _assign_all(model: nn.Module, state: dict[str, torch.Tensor], loaded: list[str]) -> bool:
+    """Give a `_meta_backbone` the tensors of `state` named in `loaded`, as they are
+    (`load_state_dict(assign=True)`, cast to the model's dtype where they differ), when that leaves
+    nothing on the meta device; False, and the model untouched, otherwise.
+
+    This skips computing a random init only to overwrite it: about a second for VGG-19 on a CPU.
+    A partial checkpoint, whose missing tensors keep torchvision's init, takes the long way.
+    """
     own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    if any(k not in fits and t.is_meta for k, t in own.items()):
-        return None
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in fits.items()}, strict=False, assign=True)
-    return model
+    keys = set(loaded)
+    if any(t.is_meta and k not in keys for k, t in own.items()):
+        return False
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in loaded}, strict=False, assign=True)
+    return True
 
 
 def build_model(
