@@ -44,7 +44,15 @@ How the profile is built (`cost_profile`):
    and are kept exactly when they train. FlopCounterMode counts only matrix
    products and convolutions, which in the catalog all live in leaf modules,
    so functional ops add no FLOPs.
-4. A check: the exact saved bytes of the all-trainable pass of step 1 minus
+4. A last pass without autograd, in eval mode, counts with
+   `core.livebytes.LiveBytes` the tensor bytes alive during each leaf call
+   (`LeafCall.working`): its input and output, what the surrounding
+   ``forward`` still holds (a residual block's identity) and the functional
+   ops since the previous call. A frozen backbone saves almost nothing for
+   backward, but its widest layer's tensors are still in flight: `estimate`
+   walks the calls in forward order and takes the peak of "saved so far plus
+   this call's working set" (`_walk`).
+5. A check: the exact saved bytes of the all-trainable pass of step 1 minus
    what the profile predicts for "all trainable" is kept as
    `CostProfile.residual_bytes`. It is 0 for every architecture of the
    catalog (a test asserts it); a new architecture with a leaf module called
@@ -261,7 +269,7 @@ def cost_profile(arch: str, num_classes: int, image_size: tuple[int, int]) -> Co
         buffer_bytes=buffer_bytes, calls=tuple(calls), edge_bytes=tuple(edge_bytes),
         functional=tuple(functional), residual_bytes=0, build_s=0.0,
     )
-    residual = pass1.saved_bytes - _activations(profile, (1 << len(names)) - 1, True, 4, 1)
+    residual = pass1.saved_bytes - _walk(profile, (1 << len(names)) - 1, True, 4, 1)[0]
     return dataclasses.replace(profile, residual_bytes=residual, build_s=time.perf_counter() - start)
 
 
@@ -715,11 +723,6 @@ def _walk(profile: CostProfile, trainable: int, bn_frozen_eval: bool, float_byte
             casts += 2 * call.params
     save_functional(math.inf)
     return saved(), casts, max(peak, saved() + casts)
-
-
-def _activations(profile: CostProfile, trainable: int, bn_frozen_eval: bool, float_bytes: int, batch: int) -> int:
-    """Saved-activation bytes for `batch` images with the parameters in bit mask `trainable` trainable."""
-    return _walk(profile, trainable, bn_frozen_eval, float_bytes, batch)[0]
 
 
 def compare_to_full(costs: Costs, full_costs: Costs) -> dict:
