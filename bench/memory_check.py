@@ -1,7 +1,8 @@
-"""The memory estimates against live tensor bytes of real runs, on this machine's CPU.
+"""The memory estimates against live tensor bytes of real runs, on the CPU or a GPU.
 
-    python bench/memory_check.py            # steps of every catalog family, then whole engine runs
-    python bench/memory_check.py --steps    # only the steps (about 1 minute on 2 cores)
+    python bench/memory_check.py                  # steps of every catalog family, then whole engine runs
+    python bench/memory_check.py --steps          # only the steps (about 1 minute on 2 cores)
+    python bench/memory_check.py --device cuda    # the same on a GPU, as the engine runs there
 
 (1) One training step (`core.costs.estimate`): two real SGD steps of each
     catalog family and preset, fp32 and bf16 autocast, batch 8, measured
@@ -11,9 +12,13 @@
     generated 64 px dataset, from decoding to the checkpoint copies, measured
     the same way (CPU tensors only: meta-device shape checks hold no memory).
 
-On a GPU `torch.cuda.max_memory_allocated` measures the same tensors plus
-cuDNN's and cuBLAS's workspaces; `bench/speed.py` compares the run estimate
-with it.
+On a GPU (``--device cuda``) the steps run as the engine runs them there
+(channels_last, ``cudnn.benchmark``) and each row also gives
+`torch.cuda.max_memory_allocated`: the same live tensors plus what the
+allocator hands to cuDNN's and cuBLAS's workspaces, which the estimate leaves
+out. Its difference from the live-tensor peak is that workspace.
+`bench/speed.py` compares the run estimate with the allocator's peak of full
+224 px runs.
 """
 
 from __future__ import annotations
@@ -45,8 +50,11 @@ RUN_CASES = [
 ]
 
 
-def step_peak(arch: str, preset: str, size: int, batch: int, precision: str) -> tuple[int, int]:
-    """(measured peak, estimate) of two SGD steps, weights included."""
+def step_peak(arch: str, preset: str, size: int, batch: int, precision: str,
+              device: str = "cpu") -> tuple[int, int, int | None]:
+    """(live-tensor peak, estimate, CUDA allocator peak or None) of two SGD steps, weights included."""
+    import gc
+
     import torch
     import torch.nn.functional as F
 
@@ -60,34 +68,56 @@ def step_peak(arch: str, preset: str, size: int, batch: int, precision: str) -> 
     frozen = preset_frozen(model, arch, preset)
     set_frozen(model, frozen)
     set_train_mode(model, True)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    layout = torch.channels_last if cuda else torch.contiguous_format  # as core.training runs on CUDA
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.backends.cudnn.benchmark = True
+    model.to(dev, memory_format=layout)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    y = torch.arange(batch) % 5
-    with LiveBytes() as mem:
-        mem.track(list(model.parameters()), list(model.buffers()))
+    y = torch.arange(batch, device=dev) % 5
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with LiveBytes(device_type=dev.type) as mem:
+        mem.track(list(model.parameters()), list(model.buffers()), y)
         for _ in range(2):
-            x = torch.randn(batch, 3, size, size)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=layout)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             del x, logits, loss
+    allocator = None
+    if cuda:
+        torch.cuda.synchronize()
+        allocator = torch.cuda.max_memory_allocated() - y.untyped_storage().nbytes()
     est = estimate(cost_profile(arch, 5, (size, size)), frozen, batch_size=batch, precision=precision)
-    return mem.peak, est.total_bytes
+    return mem.peak - y.untyped_storage().nbytes(), est.total_bytes, allocator
 
 
-def check_steps() -> list[str]:
+def check_steps(device: str = "cpu", batch: int = 8) -> list[str]:
     from core.freezing import presets_for
 
-    rows = ["| model | size | preset | precision | measured | estimate | error |", "|---|---|---|---|---|---|---|"]
+    cuda = device.startswith("cuda")
+    rows = ["| model | size | preset | precision | live tensors | estimate | error |"
+            + (" allocator peak | error vs allocator | workspace |" if cuda else ""),
+            "|---|---|---|---|---|---|---|" + ("---|---|---|" if cuda else "")]
     for arch, size in STEP_CASES:
         for preset in (p for p in presets_for(arch) if p != "last"):
             for precision in ("fp32", "bf16"):
-                measured, est = step_peak(arch, preset, size, 8, precision)
-                rows.append(f"| {arch} | {size} | {preset} | {precision} | {measured / 2**20:.1f} MiB | "
-                            f"{est / 2**20:.1f} MiB | {est / measured - 1:+.1%} |")
-                print(rows[-1], flush=True)
+                measured, est, allocator = step_peak(arch, preset, size, batch, precision, device)
+                row = (f"| {arch} | {size} | {preset} | {precision} | {measured / 2**20:.1f} MiB | "
+                       f"{est / 2**20:.1f} MiB | {est / measured - 1:+.1%} |")
+                if allocator is not None:
+                    row += (f" {allocator / 2**20:.1f} MiB | {est / allocator - 1:+.1%} | "
+                            f"{(allocator - measured) / 2**20:.1f} MiB |")
+                rows.append(row)
+                print(row, flush=True)
     return rows
 
 
@@ -122,13 +152,15 @@ def check_runs(workdir: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", action="store_true", help="only the per-step check")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: where the steps run (the whole runs need --device cpu)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch of the step cases (default 8)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="freeze-lab-memory-"))
     os.environ["FREEZE_LAB_DATA_DIR"] = str(workdir / "data")
     os.environ["FREEZE_LAB_RUNS_DIR"] = str(workdir / "runs")
     print("## One training step (core.costs.estimate)\n")
-    steps = check_steps()
-    runs = [] if args.steps else check_runs(workdir)
+    steps = check_steps(args.device, args.batch_size)
+    runs = [] if args.steps or args.device != "cpu" else check_runs(workdir)
     print("\n" + "\n".join(steps))
     if runs:
         print("\n## A whole run (core.memory.run_memory)\n\n" + "\n".join(runs))
