@@ -62,6 +62,7 @@ MAX_ZIP_TOTAL_BYTES = 4 * 1024**3  # uncompressed, all entries together
 MAX_ZIP_ENTRY_BYTES = MAX_IMAGE_BYTES  # uncompressed, one entry
 MAX_ZIP_RATIO = 100  # uncompressed / compressed, per entry ...
 ZIP_RATIO_MIN_BYTES = 1024**2  # ... checked once an entry is larger than this (tiny files compress oddly)
+MAX_OTHER_FILES = 10_000  # files that are not images, past which (and past the images) a folder is no dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -280,8 +281,27 @@ def _check_files(
 
 
 def _scan_classes(folder: Path, root: Path) -> dict[str, list[tuple[str, int, int]]]:
-    """Files per class folder directly under `folder` (each class folder searched recursively)."""
-    return {d.name: _list_files(d, root) for d in _visible_dirs(folder)}
+    """Files per class folder directly under `folder` (each class folder searched recursively).
+
+    Stops with a DatasetError once the files that are not images pass both
+    `MAX_OTHER_FILES` and the images found so far: a folder typed by mistake
+    (``/``, a home folder, a source tree) would otherwise be walked, indexed
+    and its stray pictures taken as classes. Image datasets hold few other
+    files; one with an annotation file per image stays under the images.
+    """
+    groups, images, others = {}, 0, 0
+    for d in _visible_dirs(folder):
+        files = groups[d.name] = _list_files(d, root)
+        n_images = sum(_is_image_name(rel) for rel, _, _ in files)
+        images, others = images + n_images, others + len(files) - n_images
+        if others > max(MAX_OTHER_FILES, images):
+            example = next(rel for rel, _, _ in files if not _is_image_name(rel))
+            raise DatasetError(
+                f"{folder} does not look like an image dataset: it holds more than {MAX_OTHER_FILES:,} files that "
+                f"are not images (such as {example}) and only {images:,} images. Type the folder that holds one "
+                "subfolder of images per class."
+            )
+    return groups
 
 
 def _stratified_split(

@@ -331,8 +331,8 @@ def test_bad_images_in_a_dataset_are_skipped_and_listed(source, data_page, tmp_p
 # --- Data page: a folder path ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["missing", "a-file", "empty-folder", "one-class", "not-a-zip-named-zip"])
-def test_bad_folder_path_is_a_message_and_changes_nothing(case, data_page, tmp_path):
+@pytest.mark.parametrize("case", ["missing", "a-file", "empty-folder", "one-class", "not-a-zip-named-zip", "not-a-dataset"])
+def test_bad_folder_path_is_a_message_and_changes_nothing(case, data_page, tmp_path, monkeypatch):
     at = data_page
     before = at.session_state["draft"]
     target = tmp_path / case
@@ -345,6 +345,12 @@ def test_bad_folder_path_is_a_message_and_changes_nothing(case, data_page, tmp_p
     elif case == "not-a-zip-named-zip":
         target = tmp_path / "photos.zip"
         target.write_bytes(b"not a zip")
+    elif case == "not-a-dataset":  # e.g. a home folder: a few pictures among many other files
+        monkeypatch.setattr(data, "MAX_OTHER_FILES", 8)
+        make_folder(target, ("Pictures", "Photos"))
+        for i in range(9):
+            (target / "src" / "pkg").mkdir(parents=True, exist_ok=True)
+            (target / "src" / "pkg" / f"m{i}.py").write_text("pass\n")
     data_before = files_under(tmp_path / "data")
     at.text_input(key="data_folder").input(str(target)).run()
     assert not at.exception
@@ -354,6 +360,9 @@ def test_bad_folder_path_is_a_message_and_changes_nothing(case, data_page, tmp_p
         "empty-folder": "No class folders with images found in empty-folder.",
         "one-class": "A classifier needs at least two classes; found only 1 (only) in one-class.",
         "not-a-zip-named-zip": "This is not a zip file (or it is damaged).",
+        "not-a-dataset": f"{target} does not look like an image dataset: it holds more than 8 files that are not "
+                         "images (such as src/pkg/m0.py) and only 6 images. Type the folder that holds one subfolder "
+                         "of images per class.",
     }[case]
     assert len(errors(at)) == 1 and expected in errors(at)[0], errors(at)
     unchanged(at, before, data_before, tmp_path)
