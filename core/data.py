@@ -727,7 +727,12 @@ def image_tensor(img: Image.Image, pre: Preprocess) -> torch.Tensor:
 
 
 def decode_images(
-    paths: Sequence[Path], pre: Preprocess, *, data_dir: Path | None = None, progress: Progress | None = None
+    paths: Sequence[Path],
+    pre: Preprocess,
+    *,
+    key: str | None = None,
+    data_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Decode, resize and crop every image once into a uint8 tensor [N, 3, crop_h, crop_w].
 
@@ -735,10 +740,12 @@ def decode_images(
     mtimes, resize, crop) (`core.diskcache`: written atomically, least recently
     used evicted first); a later call with the same files and sizes loads the
     tensor without opening a single image. A file that no longer decodes
-    raises `DatasetError` naming it.
+    raises `DatasetError` naming it. `key` is `decode_key(paths, pre)` when
+    the caller keys more on these images (the feature cache): one stat per
+    file, and one identity for all of it.
     """
     data_dir = Path(data_dir) if data_dir is not None else config.data_dir()
-    cache = data_dir / ".cache" / f"decoded-{decode_key(paths, pre)}.pt"
+    cache = data_dir / ".cache" / f"decoded-{key or decode_key(paths, pre)}.pt"
     x = load_tensor(cache, shape=(len(paths), 3, *pre.crop), dtype=torch.uint8)
     if x is not None:
         return x

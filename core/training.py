@@ -514,10 +514,10 @@ def train(
     images, images_keys = {}, {}
     for split_name, samples in (("train", dataset.train), ("val", dataset.val)):
         paths = [s.path for s in samples]
-        x = decode_images(paths, pre)
+        images_keys[split_name] = decode_key(paths, pre)
+        x = decode_images(paths, pre, key=images_keys[split_name])
         y = torch.tensor([s.label for s in samples], dtype=torch.long, device=device)
         images[split_name] = Split(place(x, device), y)
-        images_keys[split_name] = decode_key(paths, pre)
     loop = Loop(monitor, Feeder(device, pre, tuple(config.augment), augment_gen), amp_dtype, config.batch_size, fault,
                 pad_batches=device.type == "cuda")
     timings = {"data_s": time.perf_counter() - t_start}
