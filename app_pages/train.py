@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
+from core.data import dataset_name
 from core.freezing import model_structure, preset_label
 from core.models import arch_spec, imagenet_available
 from ui import charts
@@ -20,11 +21,19 @@ st.title("Train")
 tree, _ = model_structure(cfg.arch, cfg.num_classes)
 trainable, frozen = tree.counts(cfg.frozen)
 with st.container(border=True):
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Model", arch_spec(cfg.arch).label, cfg.weights if not cfg.weights.startswith("run:") else "weights of " + cfg.weights, delta_color="off", delta_arrow="off")
-    c2.metric("Strategy", preset_label(cfg.preset), f"{trainable:,} trainable", delta_color="off", delta_arrow="off")
-    c3.metric("Dataset", cfg.dataset, f"{cfg.num_classes} classes", delta_color="off", delta_arrow="off")
-    c4.metric("Input", f"{cfg.image_size[0]}×{cfg.image_size[1]}", "frozen layers in eval mode" if cfg.bn_frozen_eval else "frozen layers in train mode", delta_color="off", delta_arrow="off")
+    # Content-wide metrics that wrap to a second line: long names ("MobileNetV3-Large", a folder) are never cut.
+    with st.container(horizontal=True, gap="large"):
+        facts = [
+            ("Model", arch_spec(cfg.arch).label,
+             cfg.weights if not cfg.weights.startswith("run:") else "weights of " + cfg.weights, None),
+            ("Strategy", preset_label(cfg.preset), f"{trainable:,} trainable", None),
+            ("Dataset", dataset_name(cfg.dataset), f"{cfg.num_classes} classes",
+             cfg.dataset if dataset_name(cfg.dataset) != cfg.dataset else None),
+            ("Input", f"{cfg.image_size[0]}×{cfg.image_size[1]}",
+             "frozen layers in eval mode" if cfg.bn_frozen_eval else "frozen layers in train mode", None),
+        ]
+        for label, value, note, tip in facts:
+            st.metric(label, value, note, delta_color="off", delta_arrow="off", help=tip, width="content")
     st.caption("Change the model and its layers on the Model page, the dataset on the Data page.")
 
 if cfg.weights == "imagenet" and not imagenet_available(cfg.arch):

@@ -390,6 +390,11 @@ def parse_demo_ref(ref: str) -> tuple[str, int] | None:
     return name, int(size)
 
 
+def dataset_name(ref: str) -> str:
+    """A short name for a dataset reference: a folder's own name ("pets" for "/data/pets"), else the reference."""
+    return (Path(ref).name or ref) if ("/" in ref or os.sep in ref) else ref
+
+
 def demo_ref(world: str, per_class: int | None = None) -> str:
     """The canonical reference for a demo world of `per_class` images per class ("demo-source", "demo-source:200")."""
     standard = demo.WORLDS[world][1]

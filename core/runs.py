@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from core.config import RunConfig, runs_dir
+from core.data import dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ def empty_metrics() -> dict:
 
 def default_name(config: RunConfig) -> str:
     """A readable name from the config, e.g. "resnet18 · head · demo-target"."""
-    dataset = Path(config.dataset).name if ("/" in config.dataset or os.sep in config.dataset) else config.dataset
-    return f"{config.arch} · {config.preset} · {dataset or config.dataset}"
+    return f"{config.arch} · {config.preset} · {dataset_name(config.dataset)}"
 
 
 def now_iso() -> str:

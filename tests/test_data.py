@@ -391,3 +391,9 @@ def test_normalize_uint8_and_float():
     assert y[0, :, 0, 0].tolist() == pytest.approx([(1 - m) / s for m, s in zip(pre.mean, pre.std)])
     assert torch.allclose(data.normalize(x.float() / 255, pre), y)
     assert data.normalize(x.bfloat16() / 255, pre).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("ref, name", [("demo-target", "demo-target"), ("demo-source:200", "demo-source:200"),
+                                       ("/data/pets", "pets"), ("/data/pets/", "pets"), ("/", "/")])
+def test_dataset_name_is_a_folder_s_own_name(ref, name):
+    assert data.dataset_name(ref) == name

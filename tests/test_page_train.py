@@ -161,3 +161,10 @@ def test_the_progress_bar_names_the_epoch_in_progress(folder):
         at.run()
     get_manager().cancel(run_id)
     assert len(seen) >= 2, seen
+
+
+def test_the_header_names_a_folder_dataset_by_its_folder_and_keeps_the_path_in_its_help(folder):
+    at = open_page(folder)
+    shown = {m.label: m for m in at.metric}
+    assert shown["Dataset"].value == folder.name and shown["Dataset"].help == str(folder)
+    assert shown["Model"].value == "ResNet-18" and shown["Strategy"].value == "Head only"
