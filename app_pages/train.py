@@ -111,8 +111,17 @@ def live_view(run_id: str) -> None:
         # the engine counts epochs from 1 (0 until its first step)
         st.progress(snap.progress, text=f"Epoch {min(max(snap.epoch, 1), snap.epochs or 1)}/{snap.epochs} · "
                                         f"step {snap.step}/{snap.total_steps or '?'}{eta}")
-    if not snap.done:  # a callback: the cancel happens before the next run of this fragment, whatever reruns it
+    # Stop: a callback, so the cancel happens before the next run of this fragment, whatever reruns it.
+    # A run this session did not start is someone's work (another user's, or this user's before a
+    # reload): stopping it takes a second, deliberate click.
+    if not snap.done and snap.owner in ("", session_owner()):
         st.button("Stop", icon=":material/stop:", key="train_stop", on_click=manager.cancel, args=(run_id,))
+    elif not snap.done:
+        with st.popover("Stop", icon=":material/stop:"):
+            st.markdown("This browser session did not start this run: it may be another user's. Stopping it "
+                        "ends their training; its metrics so far are kept.")
+            st.button("Stop this run", key="train_stop_other", type="primary", on_click=manager.cancel,
+                      args=(run_id,))
 
     if snap.status == "failed":
         st.error(f"**This run failed.** {snap.reason}", icon=":material/error:")

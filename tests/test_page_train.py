@@ -168,3 +168,19 @@ def test_the_header_names_a_folder_dataset_by_its_folder_and_keeps_the_path_in_i
     shown = {m.label: m for m in at.metric}
     assert shown["Dataset"].value == folder.name and shown["Dataset"].help == str(folder)
     assert shown["Model"].value == "ResNet-18" and shown["Strategy"].value == "Head only"
+
+
+def test_a_run_another_session_started_stops_only_after_a_second_click(folder):
+    manager = get_manager()
+    config = RunConfig(arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32), batch_size=8,
+                       epochs=50, preset="head", frozen=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"))
+    run_id = manager.submit(config, owner="another-tab")
+    at = open_page(folder)
+    at.query_params["run"] = run_id
+    at = poll_until(at, lambda a: any(b.key == "train_stop_other" for b in a.button))
+    assert not any(b.key == "train_stop" for b in at.button)  # no one-click stop of someone else's run
+    assert manager.snapshot(run_id).status in ("queued", "running")
+    at.button(key="train_stop_other").click().run()
+    at = poll_until(at, lambda a: any("cancelled" in w.value for w in a.warning))
+    assert not at.exception
+    assert manager.store.load(run_id).status == "cancelled"
