@@ -456,6 +456,13 @@ def estimates(arch: str, num_classes: int, size: int, preset: str, batch_size: i
     return engine.total_bytes, reference.total_bytes
 
 
+def write_out(args, text: str) -> None:
+    """Write `text` under the command that made it to --out, if given."""
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"`{args.command}`\n\n{text}")
+
+
 def benchmark(args, env: dict, workdir: Path) -> str:
     import torch
 
@@ -475,6 +482,35 @@ def benchmark(args, env: dict, workdir: Path) -> str:
     profiles: dict = {}
     runs_rows, case_rows = [], []
     t_all = time.perf_counter()
+
+    def report() -> str:
+        """The tables of the cases done so far (written to --out after each case, so a cut-off run keeps them)."""
+        device_name = torch.cuda.get_device_name(0) if cuda and torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        head = (f"Device: {device_name}; torch {torch.__version__}; {n_train} train / {n_val} val JPEG images "
+                f"({args.size}x{args.size}, {num_classes} classes), batch {args.batch_size}; reference: {workers} "
+                f"DataLoader workers, fp32; engine: precision auto ({'bf16 autocast, channels_last' if cuda else 'fp32'}); "
+                f"engine's one-time decode of the JPEGs into its uint8 cache (kept on disk, not in the runs' times; "
+                f"near 0 when an earlier invocation made it): {decode_s:.1f} s; benchmark wall time {time.perf_counter() - t_all:.0f} s"
+                + (f"; partial: {len(case_rows)} of {len(cases)} cases so far." if len(case_rows) < len(cases) else "."))
+        runs = table(["run", "epochs", "train img/s (epochs 2+)", "epoch 1 (s)", "epochs 2+ (s, mean)", "total wall (s)",
+                      "peak memory", "precision", "notes"], runs_rows)
+        summary = table(["model", "preset", "epochs", "(b)/(a) img/s", "(b)/(a) wall-time speed-up",
+                         "(b2)/(a) wall-time speed-up", "synthetic img/s",
+                         "(b) / synthetic", "est. run peak (b)", "at", "est. err vs (b) peak",
+                         "est. step (s)", "est. err vs (s) peak", "est. step (a)", "est. err vs (a) peak"], case_rows)
+        notes = ("(b)/(a) img/s: train images/s over epochs 2+. Wall-time speed-up: (a)'s total wall time over (b)'s "
+                 "(or (b2)'s: the next run on the same frozen prefix, which reads the features (b) stored). "
+                 "(b) / synthetic: the engine's epochs 2+ images/s against the synthetic whole-network step (over 100% "
+                 "when the feature cache leaves only the tail to run). Estimate errors are (estimate / measured - 1). "
+                 "Est. run peak (b): the Model page's estimate of the whole run (core.memory.run_memory: images and "
+                 "cached features on the device, the feature pass, training steps, evaluation), taken in the worker "
+                 "before the run, and the moment it expects the peak; est. step: one training step of the whole "
+                 "network (core.costs.estimate), against the synthetic step and the reference.")
+        if not cuda:
+            notes += (" On the CPU the measured peak is the worker process's peak RSS, mostly the Python and torch "
+                      "runtime itself, so the memory-estimate errors say little there.")
+        return f"{head}\n\n{runs}\n\n{summary}\n\n{notes}\n"
+
     for i, (arch, preset) in enumerate(cases, 1):
         epochs = args.epochs_full if preset == "full" else args.epochs_frozen
         base = {"arch": arch, "preset": preset, "epochs": epochs, "batch_size": args.batch_size, "size": args.size,
@@ -527,30 +563,8 @@ def benchmark(args, env: dict, workdir: Path) -> str:
             fmt_bytes(est_b), fmt_err(est_b, syn.get("peak_mem_bytes") if ok(syn) else None),
             fmt_bytes(est_a), fmt_err(est_a, ref.get("peak_mem_bytes") if ok(ref) else None),
         ])
-    device_name = torch.cuda.get_device_name(0) if cuda and torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    head = (f"Device: {device_name}; torch {torch.__version__}; {n_train} train / {n_val} val JPEG images "
-            f"({args.size}x{args.size}, {num_classes} classes), batch {args.batch_size}; reference: {workers} "
-            f"DataLoader workers, fp32; engine: precision auto ({'bf16 autocast, channels_last' if cuda else 'fp32'}); "
-            f"engine's one-time decode of the JPEGs into its uint8 cache (kept on disk, not in the runs' times; "
-            f"near 0 when an earlier invocation made it): {decode_s:.1f} s; benchmark wall time {time.perf_counter() - t_all:.0f} s.")
-    runs = table(["run", "epochs", "train img/s (epochs 2+)", "epoch 1 (s)", "epochs 2+ (s, mean)", "total wall (s)",
-                  "peak memory", "precision", "notes"], runs_rows)
-    summary = table(["model", "preset", "epochs", "(b)/(a) img/s", "(b)/(a) wall-time speed-up",
-                     "(b2)/(a) wall-time speed-up", "synthetic img/s",
-                     "(b) / synthetic", "est. run peak (b)", "at", "est. err vs (b) peak",
-                     "est. step (s)", "est. err vs (s) peak", "est. step (a)", "est. err vs (a) peak"], case_rows)
-    notes = ("(b)/(a) img/s: train images/s over epochs 2+. Wall-time speed-up: (a)'s total wall time over (b)'s "
-             "(or (b2)'s: the next run on the same frozen prefix, which reads the features (b) stored). "
-             "(b) / synthetic: the engine's epochs 2+ images/s against the synthetic whole-network step (over 100% "
-             "when the feature cache leaves only the tail to run). Estimate errors are (estimate / measured - 1). "
-             "Est. run peak (b): the Model page's estimate of the whole run (core.memory.run_memory: images and "
-             "cached features on the device, the feature pass, training steps, evaluation), taken in the worker "
-             "before the run, and the moment it expects the peak; est. step: one training step of the whole "
-             "network (core.costs.estimate), against the synthetic step and the reference.")
-    if not cuda:
-        notes += (" On the CPU the measured peak is the worker process's peak RSS, mostly the Python and torch "
-                  "runtime itself, so the memory-estimate errors say little there.")
-    return f"{head}\n\n{runs}\n\n{summary}\n\n{notes}\n"
+        write_out(args, report())
+    return report()
 
 
 def cpu_target(args, env: dict, workdir: Path) -> str:
@@ -648,15 +662,12 @@ def main(argv: list[str] | None = None) -> int:
     env["FREEZE_LAB_DATA_DIR"] = str(args.workdir / "freeze-lab-data")
     env["FREEZE_LAB_RUNS_DIR"] = str(args.workdir / "runs")
     env.pop("FREEZE_LAB_FAULT", None)
+    args.command = ("python bench/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     t0 = time.perf_counter()
     text = cpu_target(args, env, args.workdir) if args.cpu_target else benchmark(args, env, args.workdir)
-    cmd = "python bench/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = f"`{cmd.strip()}`\n\n{text}"
-    print("\n" + text)
+    print(f"\n`{args.command}`\n\n{text}")
     log(f"done in {time.perf_counter() - t0:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_out(args, text)
     return 0
 
 
