@@ -23,12 +23,12 @@ trainable, frozen = tree.counts(cfg.frozen)
 with st.container(border=True):
     # Content-wide metrics that wrap to a second line: long names ("MobileNetV3-Large", a folder) are never cut.
     with st.container(horizontal=True, gap="large"):
+        dataset = dataset_name(cfg.dataset)
         facts = [
             ("Model", arch_spec(cfg.arch).label,
              cfg.weights if not cfg.weights.startswith("run:") else "weights of " + cfg.weights, None),
             ("Strategy", preset_label(cfg.preset), f"{trainable:,} trainable", None),
-            ("Dataset", dataset_name(cfg.dataset), f"{cfg.num_classes} classes",
-             cfg.dataset if dataset_name(cfg.dataset) != cfg.dataset else None),
+            ("Dataset", dataset, f"{cfg.num_classes} classes", cfg.dataset if dataset != cfg.dataset else None),
             ("Input", f"{cfg.image_size[0]}×{cfg.image_size[1]}",
              "frozen layers in eval mode" if cfg.bn_frozen_eval else "frozen layers in train mode", None),
         ]
