@@ -1,8 +1,12 @@
 """Freeze Lab: the entry point. A router over app_pages/ and a frame (title, sidebar)."""
 
+import os
+
 import streamlit as st
 
 from core.devices import describe_device
+from ui.manager import get_manager
+from ui.session import keep_tab_in_url
 
 st.set_page_config(page_title="Freeze Lab", page_icon=":material/ac_unit:", layout="wide")
 
@@ -15,10 +19,16 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+keep_tab_in_url()  # a refresh of this tab keeps its draft and its runs
 
 with st.sidebar:
     st.markdown("### :material/ac_unit: Freeze Lab")
     st.caption("Which layers should you fine-tune?")
-    st.markdown(f"**Compute device**  \n{describe_device()}")
+    manager = get_manager()
+    if manager.device.type == "cpu":
+        st.markdown(f"**Compute device**  \nCPU: training uses {manager.threads} of {os.cpu_count()} cores",
+                    help="One core is left to this web server and its viewers; set FREEZE_LAB_TRAIN_THREADS to change it.")
+    else:
+        st.markdown(f"**Compute device**  \n{describe_device(manager.device)}")
 
 page.run()

@@ -9,6 +9,7 @@ from core.data import DatasetError
 from core.inference import inference_device, weights_mtime
 from core.models import CheckpointError, WeightsUnavailableError
 from ui import charts
+from ui.downloads import run_downloads
 from ui.manager import get_manager
 
 manager = get_manager()
@@ -21,7 +22,13 @@ def misclassified_of(run_id: str, mtime: float, device: str, limit: int):
 
 st.title("Compare")
 
-records = manager.store.list()
+records, damaged = manager.store.survey()
+if damaged:
+    st.warning(
+        f"{len(damaged)} damaged run folder{'s' if len(damaged) > 1 else ''} in `{manager.store.root}` "
+        "skipped (left as they are):\n\n" + "\n".join(f"- `{name}`: {why}" for name, why in damaged[:10]),
+        icon=":material/folder_off:",
+    )
 if not records:
     st.info("No runs yet: train a few with different strategies on the Train page, then compare them here.",
             icon=":material/info:")
@@ -142,11 +149,4 @@ with gallery_tab:
                 st.dataframe(wrong, hide_index=True, width="stretch", key="compare_gallery_table")
 
 with export_tab:
-    c1, c2 = st.columns(2)
-    c1.download_button("Weights (.pt state dict)", lambda: compare.weights_bytes(record, runs_dir=manager.store.root),
-                       f"{record.config.arch}-{record.id}.pt", "application/octet-stream", key="compare_weights",
-                       icon=":material/download:",
-                       help=f"torch.load it into build_model('{record.config.arch}', {record.config.num_classes}) "
-                            "— or torchvision's model with the head replaced — with load_state_dict.")
-    c2.download_button("Metrics (CSV)", compare.metrics_csv(record), f"metrics-{record.id}.csv", "text/csv",
-                       key="compare_metrics_csv", icon=":material/download:")
+    run_downloads(record, manager.store.root, key="compare")

@@ -10,6 +10,8 @@ import streamlit as st
 
 from core import data
 from core.config import RunConfig, data_dir
+from ui.session import draft as current_draft
+from ui.session import update_draft
 
 SOURCES = {
     "demo-target": "Demo target (4 shapes, few images)",
@@ -41,7 +43,7 @@ def source_of(ref: str) -> str:
 
 st.title("Data")
 st.caption("The images the run trains and validates on. Every source becomes a folder with one subfolder per class.")
-draft: RunConfig = st.session_state.setdefault("draft", RunConfig())
+draft: RunConfig = current_draft()
 root_dir = str(data_dir())
 
 left, right = st.columns([2, 1])
@@ -97,25 +99,32 @@ if ref is None:
     st.info(f"Current dataset of the run: **{draft.dataset}** ({draft.num_classes} classes).")
     st.stop()
 
+bar = st.empty()
 try:
-    bar = st.empty()
     ref, _ = data.prepare_dataset(
         ref, data_dir=Path(root_dir), progress=lambda done, total, msg: bar.progress(done / max(total, 1), text=msg)
     )
-    bar.empty()
     ds = load(ref, draft.seed, val_fraction, root_dir)
 except data.DatasetError as exc:
     st.error(str(exc))
     st.stop()
+finally:
+    bar.empty()  # no empty "Downloading…" bar left under an error
 
 if (draft.dataset, draft.num_classes, draft.val_fraction) != (ds.ref, len(ds.classes), val_fraction):
-    draft = draft.replace(dataset=ds.ref, num_classes=len(ds.classes), val_fraction=val_fraction)
-    st.session_state["draft"] = draft
+    draft = update_draft(dataset=ds.ref, num_classes=len(ds.classes), val_fraction=val_fraction)
 st.session_state["dataset_classes"] = ds.classes
 st.session_state.setdefault("dataset_sizes", {})[ds.ref] = (len(ds.train), len(ds.val))  # for the Model page's memory
 
 split_text = "its own train/val folders" if ds.given_split else f"{val_fraction:.0%} per class held out, seed {draft.seed}"
 st.success(f"The run uses **{ds.ref}**: {len(ds.classes)} classes, split by {split_text}.", icon=":material/check_circle:")
+if gaps := ds.split_gaps():
+    st.warning(
+        "Some classes are in only one split: " + "; ".join(f"**{c}**: {why}" for c, why in gaps.items())
+        + ". A class without training images cannot be learned; one without validation images is not measured "
+        "(its accuracy shows as \"no images\").",
+        icon=":material/warning:",
+    )
 cols = st.columns(4)
 cols[0].metric("Classes", len(ds.classes))
 cols[1].metric("Train images", len(ds.train))

@@ -8,7 +8,16 @@ import streamlit as st
 from core import codegen, costs
 from core.config import data_dir
 from core.devices import amp_dtype, pick_device
-from core.freezing import PRESET_HELP, model_structure, preflight, preset_frozen, preset_label, presets_for, set_frozen
+from core.freezing import (
+    PRESET_HELP,
+    model_structure,
+    preflight,
+    preset_frozen,
+    preset_label,
+    preset_of,
+    presets_for,
+    set_frozen,
+)
 from core.models import (
     CATALOG,
     CheckpointError,
@@ -23,8 +32,9 @@ from core.models import (
     run_state_dict,
 )
 from core.memory import run_memory
-from core.runs import RunStore
-from ui.state import draft, update_draft
+from ui.manager import get_manager
+from ui.session import draft, update_draft
+from ui.welcome import first_run_panel
 from ui.tree import apply_edits, group_table, groups_of, overview_table
 
 WEIGHT_SOURCES = {
@@ -55,6 +65,11 @@ def skeleton(arch: str, num_classes: int):
     return st.session_state["model_skeleton"]
 
 
+def table_height(df: pd.DataFrame, max_rows: int = 16) -> int:
+    """Pixels that show every row (up to `max_rows`, then it scrolls): Streamlit's 35 px rows, header and border."""
+    return 35 * (min(len(df), max_rows) + 1) + 3
+
+
 def cost_table(mine: list[dict], full: list[dict]) -> pd.DataFrame:
     """Two `to_rows()` lists side by side: this choice and full fine-tuning."""
     return pd.DataFrame({
@@ -77,12 +92,15 @@ def apply_tree_edits(tree) -> None:
             continue
         edits = (st.session_state.get(key) or {}).get("edited_rows")
         if edits:
-            set_frozen_choice(apply_edits(tree, draft().frozen, targets, edits), "custom")
+            frozen = apply_edits(tree, draft().frozen, targets, edits)
+            cfg = draft()
+            set_frozen_choice(frozen, preset_of(skeleton(cfg.arch, cfg.num_classes), cfg.arch, tree, frozen))
             return
 
 
 st.title("Model")
 st.caption("Pick a pretrained classifier, tick what to train, and see what that choice costs before training.")
+first_run_panel(get_manager())
 
 cfg = draft()
 
@@ -151,20 +169,37 @@ elif source == "checkpoint":
     except (CheckpointError, OSError) as exc:
         st.error(str(exc), icon=":material/error:")
 elif source == "run":
-    finished = [r for r in RunStore().list() if r.status == "finished" and r.config.arch == arch]
-    if not finished:
-        st.info(f"No finished {CATALOG[arch].label} run yet. Train one (e.g. full fine-tune on demo-source) "
+    # Runs that have weights, or will once the queue reaches them; the draft's own run always stays listed.
+    # Rendering never picks a run for the user: the draft changes only when the box does.
+    current = cfg.weights.removeprefix("run:") if cfg.weights.startswith("run:") else None
+    runs = {r.id: r for r in get_manager().store.list()
+            if r.config.arch == arch and r.status in ("finished", "queued", "running") or r.id == current}
+    if not runs:
+        st.info(f"No {CATALOG[arch].label} run yet. Train one (e.g. full fine-tune on demo-source) "
                 "and its weights appear here.", icon=":material/info:")
     else:
-        ids = [r.id for r in finished]
-        current = cfg.weights.removeprefix("run:")
-        run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0, key="model_run",
-                              format_func=lambda i: next(f"{r.name} ({r.id})" for r in finished if r.id == i))
-        cfg = update_draft(weights=f"run:{run_id}")
-        try:
-            report = LoadReport.from_dict(run_report(run_id, arch, cfg.num_classes))
-        except CheckpointError as exc:
-            st.error(str(exc), icon=":material/error:")
+        ids = list(runs)
+
+        def _label(i: str) -> str:
+            r = runs[i]
+            return f"{r.name} ({r.id})" + ("" if r.status == "finished" else f" · {r.status}")
+
+        run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else None, key="model_run",
+                              format_func=_label, placeholder="Choose the run whose weights to start from")
+        if run_id is not None:
+            cfg = update_draft(weights=f"run:{run_id}")
+            chosen = runs[run_id]
+            if chosen.status in ("queued", "running"):
+                st.info(f"This run is still {chosen.status}: a run started from it waits in the queue until it has "
+                        "finished and its weights exist.", icon=":material/hourglass_top:")
+            elif chosen.status != "finished":
+                st.error(f"This run {chosen.status}: it has no weights to start from. Choose another run.",
+                         icon=":material/error:")
+            else:
+                try:
+                    report = LoadReport.from_dict(run_report(run_id, arch, cfg.num_classes))
+                except CheckpointError as exc:
+                    st.error(str(exc), icon=":material/error:")
 
 try:
     tree, trunk = model_structure(arch, cfg.num_classes, cfg.image_size)
@@ -260,7 +295,7 @@ with tab_tree:
     }
     groups = groups_of(tree, trunk)
     df, targets[f"tree_overview@{version}"] = overview_table(tree, groups, cfg.frozen)
-    st.data_editor(df, key=f"tree_overview@{version}", hide_index=True, width="stretch",
+    st.data_editor(df, key=f"tree_overview@{version}", hide_index=True, width="stretch", height=table_height(df),
                    column_config=column_config, disabled=[c for c in df.columns if c != "train"])
     st.caption("Blocks of the network, in forward order. Open a block to tick single layers.")
     for group, row in zip(groups, df.itertuples()):
@@ -270,7 +305,8 @@ with tab_tree:
                          key=f"tree_block_{group.name}"):
             gdf, targets[f"tree_{group.name}@{version}"] = group_table(tree, group, cfg.frozen, report)
             st.data_editor(gdf, key=f"tree_{group.name}@{version}", hide_index=True, width="stretch",
-                           column_config=column_config, disabled=[c for c in gdf.columns if c != "train"])
+                           height=table_height(gdf), column_config=column_config,
+                           disabled=[c for c in gdf.columns if c != "train"])
     st.session_state["tree_targets"] = targets
 
     if report is not None:
@@ -316,4 +352,4 @@ with tab_cost:
 
 # --- code -------------------------------------------------------------------------------------
 with tab_code:
-    st.code(codegen.generate_code(cfg), language="python", line_numbers=True)
+    st.code(codegen.generate_code(cfg), language="python", line_numbers=True, wrap_lines=True)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
+from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS
 from core.data import dataset_name
 from core.freezing import model_structure, preset_label
 from core.models import arch_spec, imagenet_available
 from ui import charts
-from ui.manager import get_manager, session_owner
-from ui.state import draft, update_draft
+from ui.actions import pretrain_demo_backbone
+from ui.downloads import run_downloads
+from ui.manager import get_manager
+from ui.session import draft, session_owner, update_draft
 
 manager = get_manager()
 cfg = draft()
@@ -42,18 +44,13 @@ if cfg.weights == "imagenet" and not imagenet_available(cfg.arch):
             icon=":material/cloud_off:")
 if st.button("Pretrain a demo backbone (ResNet-18, full fine-tune on demo-source, 3 epochs, 64 px)",
              icon=":material/bolt:", key="train_pretrain_demo"):
-    backbone = RunConfig(arch="resnet18", weights="none", num_classes=6, dataset="demo-source", preset="full",
-                         image_size=(64, 64), epochs=3, batch_size=32, lr=0.01)
-    run_id = manager.submit(backbone, owner=session_owner(), name="demo backbone · resnet18 · demo-source")
-    # The queue runs in order: a target run submitted next starts once the backbone is trained.
-    update_draft(arch="resnet18", weights=f"run:{run_id}", dataset="demo-target", num_classes=4, frozen=(),
-                 preset="full", image_size=(64, 64))
-    st.session_state.pop("dataset_classes", None)
-    st.query_params["run"] = run_id
+    pretrain_demo_backbone(manager)
     st.rerun()
+if notice := st.session_state.pop("train_notice", None):
+    st.success(notice, icon=":material/bolt:")
 
 # --- hyper-parameters -----------------------------------------------------------------------
-with st.form("train_form"):
+with st.form("train_form", enter_to_submit=False):  # Enter in "Run name" must not start a run: only the button does
     st.subheader("Hyper-parameters")
     a, b, c, d = st.columns(4)
     optimizer = a.selectbox("Optimizer", OPTIMIZERS, OPTIMIZERS.index(cfg.optimizer), key="train_optimizer",
@@ -213,6 +210,8 @@ if run_id:
     if running:
         st.session_state["train_live"] = run_id
     st.fragment(live_view, run_every=1.0 if running else None)(run_id)
+    if snap is not None and snap.status == "finished" and manager.store.exists(run_id):
+        run_downloads(manager.store.load(run_id), manager.store.root, key="train")
     if snap is not None and not running:
         with st.expander("Rename or delete this run"):
             new_name = st.text_input("Name", snap.name, key=f"train_rename_{run_id}", max_chars=120)

@@ -11,7 +11,8 @@ torchvision (no Freeze Lab import), written the way torchvision users write it:
   unexpected keys;
 - ``"run:<id>"``: a Freeze Lab run saves only what it changed (trainable
   parameters and buffers) in ``<runs dir>/<id>/weights.pt``; the snippet
-  loads the run's *full* state dict from ``<runs dir>/<id>/model.pt`` the same
+  loads the run's *full* state dict from ``<runs dir>/<id>/model.pt`` (the
+  runs folder's absolute path is written into the snippet) the same
   way as a checkpoint, and a comment gives the one line that exports that file
   (``core.models.run_state_dict``), since the frozen part comes from the run's
   own starting weights;
@@ -138,14 +139,15 @@ def _weights_lines(config: RunConfig, head: str) -> list[str]:
         return lines
     if config.weights.startswith("run:"):
         run_id = config.weights.removeprefix("run:")
-        path = str(runs_dir() / run_id / "model.pt")
+        folder = str(runs_dir().resolve())  # absolute: the snippet works from any folder
+        path = str(Path(folder) / run_id / "model.pt")
         lines[1] = f"# Weights of the Freeze Lab run {run_id}."
         source = [
             "",
             "# The run's full state dict. A run saves only what it changed (weights.pt);",
             "# export the full one once, in the Freeze Lab folder, with",
-            f"#   python -c \"import torch; from core.models import run_state_dict; "
-            f"torch.save(run_state_dict({run_id!r}, {arch!r})[0], {path!r})\"",
+            f"#   python -c \"import torch; from pathlib import Path; from core.models import run_state_dict; "
+            f"torch.save(run_state_dict({run_id!r}, {arch!r}, runs_dir=Path({folder!r}))[0], {path!r})\"",
             f"CHECKPOINT = {path!r}",
         ]
     else:
@@ -241,6 +243,6 @@ def _optimizer_lines(config: RunConfig, head_path: str) -> list[str]:
         "",
         "trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)",
         "total = sum(p.numel() for p in model.parameters())",
-        "print(f\"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.1f}%)\")",
+        "print(f\"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3g}%)\")",
     ]
     return lines

@@ -84,8 +84,10 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     for label, r in zip(run_labels(records), records):
         epochs = _epochs(r)
         ips = r.summary.get("images_per_s")
-        if ips is None and epochs:
-            ips = sum(e.get("images_per_s", 0.0) for e in epochs) / len(epochs)
+        if ips is None and epochs:  # in flight: training images over training time so far
+            seconds = sum(e["train_time_s"] for e in epochs if "train_time_s" in e)
+            images = sum(e["images_per_s"] * e["train_time_s"] for e in epochs if "train_time_s" in e)
+            ips = images / seconds if seconds else None
         peak = max((e.get("peak_mem_bytes", 0) for e in epochs), default=None)
         rows.append({
             "id": r.id,
@@ -217,8 +219,8 @@ def per_class_difference(a: RunRecord, b: RunRecord) -> pd.DataFrame:
         raise ValueError("both runs need at least one finished epoch")
     acc_a, acc_b = ea[-1]["per_class_acc"], eb[-1]["per_class_acc"]
     label_a, label_b = run_labels([a, b])
-    return pd.DataFrame({"class": classes_a, label_a: acc_a, label_b: acc_b,
-                         "difference": [y - x for x, y in zip(acc_a, acc_b)]})
+    return pd.DataFrame({"class": classes_a, label_a: acc_a, label_b: acc_b,  # None: no validation images
+                         "difference": [None if x is None or y is None else y - x for x, y in zip(acc_a, acc_b)]})
 
 
 def confusion(record: RunRecord) -> tuple[list[str], list[list[int]]] | None:

@@ -56,7 +56,9 @@ class RunConfig:
         object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
 
     def validate(self) -> None:
-        """Raise `ValueError` with a message fit for the UI if a field is out of range."""
+        """Raise `ValueError` with a message fit for the UI if a field has the wrong type or is out of range."""
+        if problems := self._type_problems():
+            raise ValueError("; ".join(problems))
         problems = []
         h, w = self.image_size
         if not (16 <= h <= 1024 and 16 <= w <= 1024):
@@ -90,6 +92,21 @@ class RunConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
+    def _type_problems(self) -> list[str]:
+        """Fields whose value is not of the annotated kind (a config read from JSON or built by hand)."""
+        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+        problems = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type.startswith("tuple"):
+                inner = kinds["int" if "int" in f.type else "str"]
+                ok = all(isinstance(v, inner) and not isinstance(v, bool) for v in value)
+            else:
+                ok = isinstance(value, kinds[f.type]) and (f.type == "bool" or not isinstance(value, bool))
+            if not ok:
+                problems.append(f"{f.name} must be of type {f.type}, got {value!r}")
+        return problems
+
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
 
@@ -107,6 +124,25 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
         return cls.from_dict(json.loads(text))
+
+
+# The built-in demo story: pretrain a small backbone on demo-source, then transfer it to demo-target.
+DEMO_BACKBONE = RunConfig(arch="resnet18", weights="none", num_classes=6, dataset="demo-source", preset="full",
+                          image_size=(64, 64), epochs=3, batch_size=32, lr=0.01)
+DEMO_BACKBONE_NAME = "demo backbone · resnet18 · demo-source"
+
+
+def transfer_from_demo_backbone(run_id: str, draft: RunConfig) -> RunConfig:
+    """`draft` set up to fine-tune the demo backbone `run_id` on demo-target: its architecture, weights,
+    input size and dataset, every layer trainable (the hyper-parameters stay as they were)."""
+    return draft.replace(arch=DEMO_BACKBONE.arch, weights=f"run:{run_id}", dataset="demo-target", num_classes=4,
+                         frozen=(), preset="full", image_size=DEMO_BACKBONE.image_size)
+
+
+def changed_fields(before: RunConfig, after: RunConfig) -> dict[str, tuple]:
+    """{field: (before, after)} for every field whose value differs, in the dataclass's order."""
+    return {f.name: (getattr(before, f.name), getattr(after, f.name)) for f in dataclasses.fields(before)
+            if getattr(before, f.name) != getattr(after, f.name)}
 
 
 def _jsonable(value):

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -55,21 +56,31 @@ TORCHVISION_DATASETS = ("cifar10", "flowers102")
 # --- limits for untrusted input --------------------------------------------------------------
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # Pillow format names open_image accepts
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: far above any training image, far below a bomb
+# 200 MP: the largest photos current phone sensors take (200 MP modes; 48-108 MP is common), far
+# below a bomb's gigapixels. Only the header is read before this check; JPEGs then decode at the
+# reduced scale that the wanted size allows (`Image.draft`), so a big photo costs little memory.
+# Pillow's own bomb check (warning above its limit, error above twice it) uses the same number.
+MAX_IMAGE_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+CHECK_DRAFT = (512, 512)  # the scale at which a dataset's JPEGs are checked (decoded fully, at 1/8 size at least)
 MAX_IMAGE_BYTES = 64 * 1024**2  # one image file
 MAX_ZIP_ENTRIES = 100_000
 MAX_ZIP_TOTAL_BYTES = 4 * 1024**3  # uncompressed, all entries together
 MAX_ZIP_ENTRY_BYTES = MAX_IMAGE_BYTES  # uncompressed, one entry
 MAX_ZIP_RATIO = 100  # uncompressed / compressed, per entry ...
-ZIP_RATIO_MIN_BYTES = 1024**2  # ... checked once an entry is larger than this (tiny files compress oddly)
+ZIP_RATIO_MIN_BYTES = 1024**2  # ... checked once an entry is larger than this (tiny files compress oddly);
+# the same ratio bounds the whole archive: everything unpacked against the zip's own size
+MAX_PATH_DEPTH = 32  # folders within a dataset (a zip entry's or a file's depth): datasets need two or three
 MAX_OTHER_FILES = 10_000  # files that are not images, past which (and past the images) a folder is no dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INDEX_VERSION = 1
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: ImageNet preprocessing keeps the aspect ratio
 _IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
-_VAL_SPLIT_NAMES = ("val", "valid", "validation")
+_TRAIN_SPLIT_NAMES = ("train", "training")
+_VAL_SPLIT_NAMES = ("val", "valid", "validation", "test", "testing")  # the first present is the validation split
+SPLIT_NAMES = _TRAIN_SPLIT_NAMES + _VAL_SPLIT_NAMES
 
 
 class DatasetError(ValueError):
@@ -92,6 +103,21 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file relative to root, reason)
     given_split: bool = False  # True when the folder had its own train/ and val/ split
 
+    def split_gaps(self) -> dict[str, str]:
+        """Classes missing from a split: class name -> "no training images" / "no validation images".
+
+        Such a class cannot be learned (no training images) or measured (no validation images):
+        the pages and the command line say so, and its validation accuracy is "no images".
+        """
+        counts = self.counts()
+        gaps = {}
+        for row in counts.itertuples(index=False):
+            if not row.train:
+                gaps[row[0]] = "no training images"
+            elif not row.val:
+                gaps[row[0]] = "no validation images"
+        return gaps
+
     def counts(self) -> pd.DataFrame:
         """Images per class and split: one row per class, columns ``class``, ``train``, ``val``."""
         train = [0] * len(self.classes)
@@ -107,9 +133,10 @@ class Dataset:
 class Preprocess:
     mean: tuple[float, float, float]  # per-channel normalisation of [0, 1] pixels
     std: tuple[float, float, float]
-    resize: tuple[int, int]  # (h, w) every image is resized to first ...
+    resize: tuple[int, int]  # (h, w) every image is resized to first (to cover, with `keep_aspect`) ...
     crop: tuple[int, int]  # ... then center-cropped to: the network's input size
     interpolation: str = "bilinear"  # "bilinear" | "bicubic", as the weights were trained
+    keep_aspect: bool = False  # scale to cover `resize` keeping the aspect ratio (torchvision's Resize(int)), not squash
 
 
 # --- one untrusted image -------------------------------------------------------------------------
@@ -170,7 +197,7 @@ def open_image(source: Path | str | bytes | io.IOBase, *, draft: tuple[int, int]
                 img = ImageOps.exif_transpose(img)
             except Exception:  # a malformed EXIF block is no reason to reject the pixels
                 pass
-            return img.convert("RGB")
+            return _to_8bit(img).convert("RGB")
         except DatasetError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -181,6 +208,18 @@ def open_image(source: Path | str | bytes | io.IOBase, *, draft: tuple[int, int]
             raise DatasetError("not an image in a supported format (JPEG, PNG, WebP, BMP or GIF)") from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
             raise DatasetError(f"corrupt or truncated image ({exc})") from None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grayscale image scaled to 8 bits; other images as they are.
+
+    Pillow's `convert("RGB")` clips such pixels at 255 instead of scaling them, so a 16-bit
+    PNG would come out white.
+    """
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return img
+    x = np.asarray(img, dtype=np.float64) if img.mode == "I" else np.asarray(img).astype(np.float64)
+    return Image.fromarray(np.clip(x / 257.0, 0, 255).round().astype(np.uint8), mode="L")
 
 
 # --- folders ---------------------------------------------------------------------------------------
@@ -206,20 +245,36 @@ def _find_root(folder: Path) -> Path:
 
 
 def _split_dirs(root: Path) -> tuple[Path, Path] | None:
-    """(train, val) folders when `root` has the tutorials' split layout, else None."""
-    train = root / "train"
-    if not train.is_dir():
-        return None
-    for name in _VAL_SPLIT_NAMES:
-        if (root / name).is_dir():
-            return train, root / name
-    return None
+    """(train, val) folders when `root` has a split layout (`train/` or `training/` beside `val/`,
+    `valid/`, `validation/`, `test/` or `testing/`, the first of those present), else None."""
+    train = next((root / n for n in _TRAIN_SPLIT_NAMES if (root / n).is_dir()), None)
+    val = next((root / n for n in _VAL_SPLIT_NAMES if (root / n).is_dir()), None)
+    return (train, val) if train and val else None
+
+
+def _refuse_split_names_as_classes(classes: list[str], root: Path) -> None:
+    """A flat folder whose class folders carry split names (only `train/`, say, or `train/` and
+    `dev/`) is a split layout we did not recognise: training on "train" vs "test" as classes is
+    never what the user meant."""
+    named = [c for c in classes if c.lower() in SPLIT_NAMES]
+    if named:
+        raise DatasetError(
+            f"{root.name or root} has folders named {', '.join(named)}, which look like splits, not classes. "
+            "Use root/<class>/<image>, or root/train/<class>/... with root/val/<class>/... "
+            f"(a validation folder may be named {', '.join(_VAL_SPLIT_NAMES)})."
+        )
 
 
 def _list_files(folder: Path, root: Path) -> list[tuple[str, int, int]]:
     """(path relative to root, size, mtime_ns) of every visible file under `folder`, recursively, sorted."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
+        too_deep = len(Path(dirpath).relative_to(root).parts) >= MAX_PATH_DEPTH
+        if too_deep and dirnames:
+            raise DatasetError(
+                f"{folder.name} nests folders more than {MAX_PATH_DEPTH} levels deep (under {Path(dirpath).relative_to(root).parts[0]}/); "
+                "a dataset needs one folder per class."
+            )
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED_NAMES)
         for name in sorted(filenames):
             if name.startswith(".") or name in _IGNORED_NAMES:
@@ -246,9 +301,11 @@ def _check_files(
     index_file = _index_path(root, data_dir)
     try:
         cached = json.loads(index_file.read_text())
-        entries = cached["entries"] if cached.get("version") == INDEX_VERSION else {}
-    except (OSError, ValueError, KeyError, TypeError):
-        entries = {}
+    except (OSError, ValueError):
+        cached = None
+    # A damaged or foreign index is rebuilt, never trusted (it only saves time).
+    ok = isinstance(cached, dict) and cached.get("version") == INDEX_VERSION and isinstance(cached.get("entries"), dict)
+    entries = cached["entries"] if ok else {}
     verdicts: dict[str, str | None] = {}
     fresh: dict[str, list] = {}
     todo = []
@@ -264,7 +321,7 @@ def _check_files(
             reason = f"not an image file type ({Path(rel).suffix or 'no extension'})"
         else:
             try:
-                open_image(root / rel)
+                open_image(root / rel, draft=CHECK_DRAFT)
                 reason = None
             except DatasetError as exc:
                 reason = str(exc)
@@ -336,9 +393,13 @@ def _too_few_classes(found: list[str], where: Path) -> DatasetError:
 
 
 def load_folder(
-    root: Path, *, ref: str, data_dir: Path, val_fraction: float = 0.2, seed: int = 0, progress: Progress | None = None
+    root: Path, *, ref: str, data_dir: Path, val_fraction: float = 0.2, seed: int = 0, progress: Progress | None = None,
+    shown_as: str | None = None,
 ) -> Dataset:
-    """Read an ImageFolder-style folder (flat or with train/ and val/), check its images and split it."""
+    """Read an ImageFolder-style folder (flat or with train/ and val/), check its images and split it.
+
+    `shown_as` names the folder in messages when its own name means nothing to the user ("the zip").
+    """
     if not root.is_dir():
         raise DatasetError(f"No folder at {root}. Type the path of a folder that holds one subfolder per class.")
     try:
@@ -362,8 +423,11 @@ def load_folder(
     classes = sorted({c for g in good.values() for c, paths in g.items() if paths})
     for name, g in groups.items():  # class folders that hold no usable image at all
         skipped += [(f"{name}/{c}/" if split else f"{c}/", "no usable images; class left out") for c in g if c not in classes]
+    where = Path(shown_as) if shown_as else root
+    if not split:
+        _refuse_split_names_as_classes(classes, where)
     if len(classes) < 2:
-        raise _too_few_classes(classes, root)
+        raise _too_few_classes(classes, where)
     label = {c: i for i, c in enumerate(classes)}
     if split:
         train = [Sample(p, label[c]) for c, paths in good["train"].items() for p in sorted(paths) if c in label]
@@ -385,7 +449,7 @@ def parse_demo_ref(ref: str) -> tuple[str, int] | None:
     standard = demo.WORLDS[name][1]
     if not size:
         return name, standard
-    if not size.isdigit() or not 2 <= int(size) <= 100_000:
+    if not (size.isascii() and size.isdigit()) or not 2 <= int(size) <= 100_000:
         raise DatasetError(f"Demo size must be a number of images per class from 2 to 100000, got {size!r}.")
     return name, int(size)
 
@@ -570,34 +634,74 @@ def import_zip(source: Path | str | bytes, data_dir: Path, *, name: str | None =
     dest = uploads / f"{stem}-{digest}"
     if dest.is_dir():
         return _find_root(dest)
+    archive_bytes = _check_entry_count(blob)
     try:
         zf = zipfile.ZipFile(blob)
     except (zipfile.BadZipFile, OSError, ValueError):
         raise DatasetError("This is not a zip file (or it is damaged). Upload a .zip of class folders.") from None
     uploads.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=uploads))
+    tmp_index = None
     try:
         with zf:
-            _extract_checked(zf, tmp)
-        root = _find_root(tmp)
-        split = _split_dirs(root)
-        classes = sorted(
-            {d.name for base in (split or (root,)) for d in _visible_dirs(base) if any(_is_image_name(f[0]) for f in _list_files(d, root))}
-        )
-        if len(classes) < 2:
-            raise _too_few_classes(classes, Path("the zip"))
+            _extract_checked(zf, tmp, archive_bytes)
+        # The whole dataset is checked before it becomes visible: a zip that unpacks but holds no
+        # usable dataset leaves nothing behind. Its image index moves with it (same relative names).
+        tmp_root = _find_root(tmp)
+        tmp_index = _index_path(tmp_root, data_dir)
+        load_folder(tmp_root, ref=str(tmp_root), data_dir=data_dir, shown_as="the zip")
         try:
             os.replace(tmp, dest)
         except OSError:
             if not dest.is_dir():  # not merely the same upload finishing first in another session
                 raise
+        try:
+            os.replace(tmp_index, _index_path(dest / tmp_root.relative_to(tmp), data_dir))
+        except OSError:
+            pass  # only costs a second check of the images
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp_index is not None:
+            tmp_index.unlink(missing_ok=True)
     return _find_root(dest)
 
 
-def _extract_checked(zf: zipfile.ZipFile, target: Path) -> None:
-    """Extract every acceptable entry of `zf` under `target`, enforcing the zip limits, or raise `DatasetError`."""
+def _check_entry_count(blob: Path | io.BytesIO) -> int:
+    """Refuse a zip that declares more than `MAX_ZIP_ENTRIES` entries, from its end-of-central-directory
+    record alone, before `zipfile` parses (and keeps in memory) the whole central directory.
+    Returns the archive's size in bytes."""
+    try:
+        f = blob.open("rb") if isinstance(blob, Path) else blob
+        try:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - (1 << 16) - 22))
+            tail = f.read()
+            at = tail.rfind(b"PK\x05\x06")
+            count = struct.unpack_from("<H", tail, at + 10)[0] if at >= 0 and len(tail) >= at + 22 else 0
+            locator = tail.rfind(b"PK\x06\x07", 0, max(at, 0))
+            if count == 0xFFFF and locator >= 0:  # zip64: the count is in the zip64 record
+                f.seek(struct.unpack_from("<Q", tail, locator + 8)[0])
+                record = f.read(56)
+                if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                    count = struct.unpack_from("<Q", record, 32)[0]
+        finally:
+            f.seek(0)
+            if isinstance(blob, Path):
+                f.close()
+    except (OSError, struct.error, ValueError):
+        raise DatasetError("This is not a zip file (or it is damaged). Upload a .zip of class folders.") from None
+    if count > MAX_ZIP_ENTRIES:
+        raise DatasetError(f"The zip has {count:,} entries; the limit is {MAX_ZIP_ENTRIES:,}.")
+    return size
+
+
+def _extract_checked(zf: zipfile.ZipFile, target: Path, archive_bytes: int) -> None:
+    """Extract every acceptable entry of `zf` under `target`, enforcing the zip limits, or raise `DatasetError`.
+
+    Expansion is bounded per entry (`MAX_ZIP_ENTRY_BYTES`, `MAX_ZIP_RATIO` against its compressed
+    size) and for the whole archive (`MAX_ZIP_TOTAL_BYTES`, `MAX_ZIP_RATIO` against
+    `archive_bytes`, the zip's real size: many small entries of zeros stay under the per-entry check).
+    """
     infos = zf.infolist()
     if len(infos) > MAX_ZIP_ENTRIES:
         raise DatasetError(f"The zip has {len(infos):,} entries; the limit is {MAX_ZIP_ENTRIES:,}.")
@@ -616,6 +720,10 @@ def _extract_checked(zf: zipfile.ZipFile, target: Path) -> None:
             raise DatasetError(f"Rejected: the zip entry {info.filename!r} is not a regular file.")
         if info.flag_bits & 0x1:
             raise DatasetError("The zip is password-protected; upload an unencrypted zip.")
+        if len(_safe_parts(info.filename)) > MAX_PATH_DEPTH + 1:
+            raise DatasetError(
+                f"Rejected: the zip entry {info.filename[:80]!r}… nests folders more than {MAX_PATH_DEPTH} levels deep."
+            )
     total = 0
     for info in infos:
         parts = _safe_parts(info.filename)
@@ -657,6 +765,12 @@ def _extract_checked(zf: zipfile.ZipFile, target: Path) -> None:
             raise DatasetError(f"The zip is damaged or uses an unsupported feature ({info.filename}: {exc}).") from None
         except OSError as exc:  # a corrupt bzip2 stream ("Invalid data stream"), or the disk is full
             raise DatasetError(f"Could not extract {info.filename} from the zip: {exc.strerror or exc}.") from None
+        # Checked per entry, after each one's own limits: it overshoots by one entry at most.
+        if total > ZIP_RATIO_MIN_BYTES and total > MAX_ZIP_RATIO * archive_bytes:
+            raise DatasetError(
+                f"Rejected: the zip ({archive_bytes / 1024:,.0f} KB) unpacks to more than {MAX_ZIP_RATIO} "
+                "times its size (a possible zip bomb)."
+            )
 
 
 # --- transforms and decoded tensors ---------------------------------------------------------------
@@ -667,8 +781,10 @@ def preprocess_for(arch: str, weights: str, image_size: tuple[int, int]) -> Prep
 
     ImageNet weights: torchvision's own metadata (`get_model_weights(arch).DEFAULT.transforms()`):
     its mean/std/interpolation, and its resize/crop ratio (256/224 for most
-    models) applied per side, so 448x224 resizes to 512x256 and crops
-    448x224. Random init, checkpoints and earlier runs ("none", a path,
+    models) applied per side, with its semantics: the image is scaled, aspect
+    ratio kept, to cover that size (for a square input, its shorter side
+    becomes 256, exactly `Resize(256)`), then center-cropped; so a 448x224
+    input covers 512x256 and crops 448x224. Random init, checkpoints and earlier runs ("none", a path,
     "run:<id>"): ImageNet statistics, resize straight to `image_size`, no crop.
     An architecture torchvision has no weights for falls back to the same.
     """
@@ -686,6 +802,7 @@ def preprocess_for(arch: str, weights: str, image_size: tuple[int, int]) -> Prep
                 resize=(round(h * resize / crop), round(w * resize / crop)),
                 crop=(h, w),
                 interpolation="bicubic" if interp == "bicubic" else "bilinear",
+                keep_aspect=True,
             )
         except (ValueError, KeyError, AttributeError, TypeError, IndexError):
             pass
@@ -695,7 +812,7 @@ def preprocess_for(arch: str, weights: str, image_size: tuple[int, int]) -> Prep
 def decode_key(paths: Sequence[Path], pre: Preprocess) -> str:
     """Identity of a decoded image tensor: the files (path, size, mtime) and the geometry of `pre`."""
     h = hashlib.sha256()
-    h.update(json.dumps([DECODE_VERSION, list(pre.resize), list(pre.crop), pre.interpolation]).encode())
+    h.update(json.dumps([DECODE_VERSION, list(pre.resize), list(pre.crop), pre.interpolation, pre.keep_aspect]).encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -719,16 +836,36 @@ def image_tensor(img: Image.Image, pre: Preprocess) -> torch.Tensor:
 
     The one place the evaluation geometry is applied, for the decoded cache and for inference alike.
     """
-    import torchvision.transforms.v2.functional as F
+    # The functional API that torchvision's own `weights.transforms()` (ImageClassification) calls, so
+    # that ImageNet inputs match it pixel for pixel (v2's uint8 bicubic kernel rounds differently).
+    import torchvision.transforms.functional as F
     from torchvision.transforms import InterpolationMode
 
     x = F.pil_to_tensor(img.convert("RGB"))
     mode = InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else InterpolationMode.BILINEAR
-    if tuple(x.shape[-2:]) != tuple(pre.resize):
-        x = F.resize(x, list(pre.resize), interpolation=mode, antialias=True)
-    if tuple(pre.crop) != tuple(pre.resize):
+    size = _resized_size(tuple(x.shape[-2:]), pre)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.resize(x, list(size), interpolation=mode, antialias=True)
+    if tuple(pre.crop) != tuple(x.shape[-2:]):
         x = F.center_crop(x, list(pre.crop))
     return x
+
+
+def _resized_size(image_hw: tuple[int, int], pre: Preprocess) -> tuple[int, int]:
+    """The (h, w) an image of `image_hw` is resized to before the crop.
+
+    Squashed to `pre.resize`, or with `keep_aspect` scaled to cover it: for a square `resize` the
+    shorter side becomes its side and the longer one is computed as torchvision's `Resize(int)` does.
+    """
+    if not pre.keep_aspect:
+        return pre.resize
+    (h, w), (rh, rw) = image_hw, pre.resize
+    if rh == rw:
+        short, long = (h, w) if h <= w else (w, h)
+        other = int(rh * long / short)
+        return (rh, other) if h <= w else (other, rh)
+    scale = max(rh / h, rw / w)
+    return max(rh, round(h * scale)), max(rw, round(w * scale))
 
 
 def decode_images(

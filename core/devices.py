@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+THREADS_ENV = "FREEZE_LAB_TRAIN_THREADS"
 
 
 def pick_device() -> torch.device:
@@ -12,6 +16,36 @@ def pick_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def parse_device(text: str) -> torch.device:
+    """The device named by `text` ("cpu", "cuda", "cuda:1", "mps") when this machine has it, else
+    `ValueError` saying what it has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"Unknown device {text!r}; use cpu, cuda, cuda:<index> or mps.") from None
+    there = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, False)
+    if not there:
+        raise ValueError(f"This machine has no {text} device; the best one here is {pick_device()}.")
+    return device
+
+
+def training_threads(cores: int | None = None) -> int:
+    """CPU threads the app's training uses: every core but one, which stays with the web server and
+    its viewers (on a 2-core machine, 1). `$FREEZE_LAB_TRAIN_THREADS` overrides it.
+
+    With every core training, the server's script runs and the browsers compete with the OpenMP
+    threads, which then wait on each other at every parallel region: `bench/threads.py` measures it.
+    """
+    if (value := os.environ.get(THREADS_ENV, "").strip()).isdigit() and int(value) > 0:
+        return int(value)
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def describe_device(device: torch.device | None = None) -> str:

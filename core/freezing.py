@@ -154,6 +154,17 @@ def preset_frozen(model: nn.Module, arch: str, preset: str) -> tuple[str, ...]:
     raise ValueError(f"unknown preset {preset!r}")
 
 
+def preset_of(model: nn.Module, arch: str, tree: LayerTree, frozen) -> str:
+    """The preset that freezes exactly the parameters `frozen` freezes, else "custom".
+
+    Ticking every box by hand is "full", not "custom": the name follows what trains, not how it
+    was chosen. Checked in the order of `presets_for`, then "last1", "last2", ...
+    """
+    mask = tree.frozen_mask(frozen)
+    names = [p for p in presets_for(arch) if p != "last"] + [f"last{n}" for n in range(1, len(stages(model, arch)))]
+    return next((name for name in names if tree.frozen_mask(preset_frozen(model, arch, name)) == mask), "custom")
+
+
 def apply_preset(model: nn.Module, arch: str, preset: str) -> tuple[str, ...]:
     """Freeze `model` according to `preset` (see `preset_frozen`); returns the frozen paths."""
     frozen = preset_frozen(model, arch, preset)

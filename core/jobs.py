@@ -43,8 +43,9 @@ from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 import torch
 
 from core.config import RunConfig
-from core.devices import pick_device
-from core.models import build_skeleton, checkpoint_report, read_state_dict
+from core.devices import pick_device, training_threads
+from core.freezing import output_shapes
+from core.models import arch_spec, build_skeleton, checkpoint_report, read_state_dict
 from core.runs import (
     CANCELLED,
     FAILED,
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 OOM_REASON = "Out of GPU memory: try a smaller batch size or freeze more layers"
 CPU_OOM_REASON = "Out of memory: try a smaller batch size, a smaller image size or freeze more layers"
 _KEEP_FINISHED = 32  # finished jobs kept in memory for cheap snapshots; older ones are read from disk
+DUPLICATE_WINDOW_S = 10.0  # the same owner submitting the same config and name again within this is refused
 
 
 # --- the engine's interface ----------------------------------------------------------
@@ -359,31 +361,59 @@ class _Job:
     done: threading.Event
 
 
-def check_weights(config: RunConfig, store: RunStore) -> None:
+def check_runnable(config: RunConfig, store: RunStore) -> None:
+    """Everything about `config` that can be checked before a run exists, else `ValueError` for the user.
+
+    The fields' ranges (`RunConfig.validate`), the architecture, the frozen paths (each a module of
+    the model), the input size (a forward pass on a meta-device skeleton: milliseconds, no memory)
+    and the starting weights (`check_weights`). A run that passes can still fail on its data or
+    device, but never on its own configuration.
+    """
+    config.validate()
+    skeleton = build_skeleton(config.arch, config.num_classes)  # ValueError naming the choices
+    names = {name for name, _ in skeleton.named_modules() if name}
+    if unknown := [p for p in config.frozen if p not in names]:
+        raise ValueError(f"{arch_spec(config.arch).label} has no module {unknown[0]!r} to freeze.")
+    output_shapes(skeleton, config.image_size)  # ValueError: too small for this architecture
+    check_weights(config, store, skeleton)
+
+
+def check_weights(config: RunConfig, store: RunStore, skeleton: torch.nn.Module | None = None) -> None:
     """The run's starting weights exist and fit, else ValueError (`CheckpointError`) before any run is created.
 
     A checkpoint path must be a regular file of sane size that holds a state
     dict of the run's architecture (read safely and compared on a meta-device
     skeleton: a checkpoint chosen for another architecture, still in the
     draft after the architecture changed, is refused here rather than failing
-    the run when it starts); ``run:<id>`` a run of `store` (queued or running
-    is fine: the queue trains it first). ImageNet weights are downloaded when
-    the run starts.
+    the run when it starts); ``run:<id>`` a finished run of `store` of the same
+    architecture (queued or running is fine: the queue trains it first; a failed
+    or cancelled one has no weights). ImageNet weights are downloaded when the run starts.
     """
     if config.weights.startswith("run:"):
-        if not store.exists(config.weights.removeprefix("run:")):
-            raise ValueError(f"There is no run {config.weights.removeprefix('run:')!r} to start from.")
+        run_id = config.weights.removeprefix("run:")
+        if not store.exists(run_id):
+            raise ValueError(f"There is no run {run_id!r} to start from.")
+        source = store.load(run_id)
+        if source.status not in (FINISHED, QUEUED, RUNNING):
+            raise ValueError(f"Run {source.name!r} {source.status}: it has no weights to start from.")
+        if source.config.arch != config.arch:
+            raise ValueError(f"Run {source.name!r} trained a {arch_spec(source.config.arch).label}, "
+                             f"not a {arch_spec(config.arch).label}.")
     elif config.weights not in ("none", "imagenet"):
         state = read_state_dict(config.weights)
-        checkpoint_report(build_skeleton(config.arch, config.num_classes), config.arch, state, source=config.weights)
+        skeleton = skeleton if skeleton is not None else build_skeleton(config.arch, config.num_classes)
+        checkpoint_report(skeleton, config.arch, state, source=config.weights)
 
 
 class JobManager:
     """Queue of runs for one device, trained one at a time by one daemon worker thread."""
 
-    def __init__(self, store: RunStore, train_fn: TrainFn | None = None, device: torch.device | None = None) -> None:
+    def __init__(self, store: RunStore, train_fn: TrainFn | None = None, device: torch.device | None = None,
+                 threads: int | None = None) -> None:
         self.store = store
         self.device = device or pick_device()
+        # On the CPU, the threads training uses (`training_threads`: one core is left to the app's server).
+        self.threads = threads or training_threads()
         if train_fn is None:
             # Import the engine here, in the constructing thread: importing it (torchvision, pandas)
             # from the worker raced with page threads that saw half-imported modules.
@@ -397,6 +427,7 @@ class JobManager:
         self._finished: deque[str] = deque()
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._recent: dict[tuple, tuple[float, str]] = {}  # (owner, config, name) -> (when, run id)
         # Nothing of an earlier process is still training: say so on disk.
         self.interrupted: list[str] = store.mark_interrupted()
 
@@ -405,14 +436,27 @@ class JobManager:
         """Validate `config` (ValueError for the user: nothing is created), store it
         as a queued run and queue it. Returns the run id.
 
-        Besides `RunConfig.validate`, the starting weights must be there (`check_weights`).
+        What is checked before the run exists: `check_runnable`. A runs folder that cannot be
+        written is a `ValueError` too (`StoreError`). One user action is one run: the same
+        owner submitting the same config and name again within `DUPLICATE_WINDOW_S`, while the
+        first is still queued or running, is refused (a key's Enter, then the button).
         """
-        config.validate()
-        check_weights(config, self.store)
+        check_runnable(config, self.store)
+        key = (owner, config, name)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job manager has shut down")
-        run_id = self.store.create(config, name=name, owner=owner)
+            self._refuse_duplicate(key)
+            # Claimed before the run is created: a second click racing this one is refused too.
+            self._recent[key] = (time.monotonic(), "")
+        try:
+            run_id = self.store.create(config, name=name, owner=owner)
+        except BaseException:
+            with self._lock:
+                self._recent.pop(key, None)
+            raise
+        with self._lock:
+            self._recent[key] = (time.monotonic(), run_id)
         record = self.store.load(run_id)
         job = _Job(
             run_id=run_id,
@@ -432,6 +476,17 @@ class JobManager:
                 return run_id
         self.store.set_status(run_id, CANCELLED, "the job manager shut down before it started")
         raise RuntimeError("the job manager has shut down")
+
+    def _refuse_duplicate(self, key: tuple) -> None:  # under the lock
+        now = time.monotonic()
+        self._recent = {k: v for k, v in self._recent.items() if now - v[0] < DUPLICATE_WINDOW_S}
+        when, run_id = self._recent.get(key, (0.0, None))
+        job = self._jobs.get(run_id) if run_id else None
+        if run_id == "" or (job is not None and job.monitor.status not in TERMINAL):  # still being created, or in flight
+            raise ValueError(
+                f"This exact run was started {now - when:.0f} s ago ({run_id or 'being created'}); it is not "
+                "started twice. Change a setting (the seed, say) to start another one."
+            )
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a queued run at once, or ask a running one to stop at the next batch.
@@ -461,14 +516,14 @@ class JobManager:
             if job is not None:
                 return self._snapshot_job(job, with_metrics)
         try:
-            record = self.store.load(run_id)
-        except KeyError:
+            record = self.store.reap(self.store.load(run_id))  # a dead command-line run becomes interrupted
+        except (KeyError, OSError):
             return None
-        metrics = record.metrics
+        metrics = record.metrics  # entries of the wrong shape are already left out
         info = metrics.get("info") or {}
-        steps, records = metrics.get("steps") or [], metrics.get("epochs") or []
-        step = int(steps[-1][0]) if steps else 0
-        epoch = int(records[-1].get("epoch", len(records))) if records else (int(steps[-1][1]) if steps else 0)
+        steps, records = metrics["steps"], metrics["epochs"]
+        step = steps[-1][0] if steps else 0
+        epoch = (_int_or_none(records[-1].get("epoch")) or len(records)) if records else (steps[-1][1] if steps else 0)
         total_steps = _int_or_none(info.get("total_steps"))
         epochs = _int_or_none(info.get("epochs")) or record.config.epochs
         progress = _progress(record.status, step, total_steps, len(records), epochs)
@@ -552,6 +607,8 @@ class JobManager:
             self._worker.start()
 
     def _work(self) -> None:
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)  # process-wide: the server's own torch work shares the rest
         while True:
             with self._changed:
                 while not self._queue and not self._closed:

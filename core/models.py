@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from core.diskcache import atomic_write
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is shown to the user as is."""
@@ -308,8 +310,9 @@ def read_state_dict(source: Path | str | bytes) -> dict[str, torch.Tensor]:
 
     Accepts ``torch.save`` files (read with ``weights_only=True``: a pickle that
     would execute code is refused) and safetensors files, a state dict wrapped in
-    a training checkpoint (``{"state_dict": ...}``, ``{"model": ...}``), and
-    ``DataParallel``'s ``module.`` prefix. Raises `CheckpointError`.
+    a training checkpoint (``{"state_dict": ...}``, ``{"model": ...}``), and the
+    prefixes of common training wrappers (`strip_wrapper_prefixes`). Every tensor
+    comes back as a dense, finite copy of its own (`owned_tensors`). Raises `CheckpointError`.
     """
     data = _read_checkpoint_file(Path(source)) if isinstance(source, (str, Path)) else bytes(source)
     name = str(source) if isinstance(source, (str, Path)) else "upload"
@@ -342,9 +345,78 @@ def read_state_dict(source: Path | str | bytes) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"The checkpoint {name} holds no tensors.")
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    if odd := next((k for k in tensors if not isinstance(k, str)), None):
+        raise CheckpointError(
+            f"The checkpoint {name} is not a state dict: the key {odd!r} is not a parameter name."
+        )
+    return owned_tensors(strip_wrapper_prefixes(tensors), name)
+
+
+# Prefixes that training wrappers put before every parameter name: DataParallel / DDP and
+# torch.optim.swa_utils.AveragedModel ("module."), torch.compile ("_orig_mod."), a LightningModule
+# holding the network as `self.model` ("model.") or `self.net` ("net.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
+_WRAPPER_EXTRA_KEYS = ("n_averaged",)  # AveragedModel's counter, beside its "module." tensors
+
+
+def strip_wrapper_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with the wrappers' prefixes removed, as often as they are nested
+    (``_orig_mod.module.fc.weight`` -> ``fc.weight``); AveragedModel's ``n_averaged`` is dropped.
+
+    A prefix is removed only when every key carries it, so a model's own module names are kept.
+    """
+    tensors = {k: v for k, v in tensors.items() if k not in _WRAPPER_EXTRA_KEYS} or tensors
+    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in tensors)), None):
+        tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
     return tensors
+
+
+def owned_tensors(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Each tensor of an untrusted state dict as a dense, contiguous, finite CPU copy of its own,
+    or `CheckpointError` naming the first tensor that cannot be one.
+
+    A file can hold tensors that are legal to load but unsafe to train: a view with stride 0 or
+    overlapping strides (``torch.zeros(1).expand(4, 512)``) becomes, once assigned, a parameter whose
+    every element shares memory, and a fused optimizer writing through it corrupts the heap; sparse,
+    quantised and meta tensors are not weights a torchvision model holds; NaN or infinity would make
+    a run "finish" at chance accuracy. Copies also keep the file's storage from being shared by the model.
+    """
+    owned = {}
+    for key, t in tensors.items():
+        problem = _tensor_problem(t)
+        if problem:
+            raise CheckpointError(f"The checkpoint {source} cannot be used: the tensor {key!r} {problem}.")
+        owned[key] = torch.empty(t.shape, dtype=t.dtype).copy_(t)  # dense, contiguous, owned
+    return owned
+
+
+def _tensor_problem(t: torch.Tensor) -> str | None:
+    """Why `t` cannot be a model weight, or None."""
+    if t.is_meta:
+        return "has no data (meta tensor)"
+    if t.layout != torch.strided:
+        return f"is not dense ({str(t.layout).removeprefix('torch.')})"
+    if t.is_quantized:
+        return "is quantised"
+    if t.is_complex():
+        return f"has a complex dtype ({str(t.dtype).removeprefix('torch.')})"
+    if _overlaps(t):
+        return f"is a view whose elements share memory (shape {tuple(t.shape)}, strides {t.stride()})"
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        return f"holds {bad:,} NaN or infinite values"
+    return None
+
+
+def _overlaps(t: torch.Tensor) -> bool:
+    """True unless each dimension's stride steps past everything the smaller strides reach
+    (the sufficient test for a non-overlapping layout; stride 0 over a size > 1 always fails it)."""
+    reach = 0
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if stride <= reach:
+            return True
+        reach += stride * (size - 1)
+    return False
 
 
 def checkpoint_report(
@@ -362,6 +434,11 @@ def checkpoint_report(
     spec = arch_spec(arch)
     own = model.state_dict()
     fits = [k for k, v in state.items() if k in own and v.shape == own[k].shape]
+    if wrong := next((k for k in fits if own[k].is_floating_point() and not state[k].is_floating_point()), None):
+        raise CheckpointError(
+            f"The checkpoint's tensor {wrong!r} holds {str(state[wrong].dtype).removeprefix('torch.')} values "
+            "where the model has floating-point weights: it is not a weights file of this model."
+        )
     fit_set = set(fits)
     mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and k not in fit_set]
 
@@ -400,10 +477,10 @@ def store_checkpoint(data: bytes, filename: str, data_dir: Path) -> Path:
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename).name)[-80:] or "checkpoint.pt"
     target = Path(data_dir) / "checkpoints" / f"{hashlib.sha256(data).hexdigest()[:12]}-{stem}"
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".partial")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            atomic_write(target, data)  # a full disk leaves no partial file behind
+        except OSError as exc:
+            raise CheckpointError(f"Could not keep the uploaded checkpoint in {target.parent}: {exc.strerror or exc}.") from None
     return target
 
 
@@ -532,5 +609,9 @@ def run_state_dict(run_id: str, arch: str, *, runs_dir: Path | None = None) -> t
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         model = build_model(config.arch, config.num_classes, config.weights, runs_dir=runs_dir)
-    model.load_state_dict(store.load_weights(run_id), strict=False)
+    try:
+        weights = store.load_weights(run_id)
+    except Exception as exc:  # a damaged or foreign weights.pt: never run code, never crash the page
+        raise CheckpointError(f"The weights file of run {record.name!r} is damaged ({_unsafe_load_reason(exc)}).") from None
+    model.load_state_dict(owned_tensors(weights, f"of run {record.name!r}"), strict=False)
     return model.state_dict(), f"run {record.name}"

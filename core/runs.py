@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -64,6 +65,7 @@ ACTIVE = frozenset({QUEUED, RUNNING})
 TERMINAL = frozenset({FINISHED, FAILED, CANCELLED, INTERRUPTED})
 
 INTERRUPTED_REASON = "the app restarted while this run was in flight"
+DEAD_OWNER_REASON = "the process that was training it ({process}) is gone"
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
@@ -73,6 +75,10 @@ TRACEBACK_FILE = "traceback.txt"
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _MAX_NAME = 120
+
+
+class StoreError(ValueError):
+    """The runs folder cannot be written (read-only, full, not a folder); the message is for the user."""
 
 
 def empty_metrics() -> dict:
@@ -109,16 +115,15 @@ class RunRecord:
     finished: str | None  # ISO 8601 UTC, set when it reaches a terminal status
     config: RunConfig
     path: Path  # the run's folder
+    process: dict | None = None  # {"host", "pid", "start"} of the process that created or trains it
 
     @functools.cached_property
     def metrics(self) -> dict:
-        """`{"steps": [[step, epoch, loss], ...], "epochs": [record, ...]}` (plus "info" once started)."""
-        data = _read_json(self.path / METRICS_FILE, None)
-        if not isinstance(data, dict):
-            return empty_metrics()
-        data.setdefault("steps", [])
-        data.setdefault("epochs", [])
-        return data
+        """`{"steps": [[step, epoch, loss], ...], "epochs": [record, ...]}` (plus "info" once started).
+
+        Entries of the wrong shape (a damaged or hand-edited file) are left out, never passed on.
+        """
+        return clean_metrics(_read_json(self.path / METRICS_FILE, None))
 
     @functools.cached_property
     def summary(self) -> dict:
@@ -136,10 +141,11 @@ class RunRecord:
 
     def elapsed_s(self) -> float | None:
         """Seconds from start to finish (or to now while it runs); None if it never started."""
-        if not self.started:
+        start = _parse_time(self.started)
+        if start is None:
             return None
-        end = datetime.fromisoformat(self.finished) if self.finished else datetime.now(timezone.utc)
-        return max(0.0, (end - datetime.fromisoformat(self.started)).total_seconds())
+        end = _parse_time(self.finished) or datetime.now(timezone.utc)
+        return max(0.0, (end - start).total_seconds())
 
 
 class RunStore:
@@ -164,23 +170,30 @@ class RunStore:
             "reason": None,
             "started": None,
             "finished": None,
+            "process": this_process(),
             "config": config.to_dict(),
         }
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            run_id = self._new_id()
-            meta["id"] = run_id
-            # Assemble under a hidden name, then rename into place: the run
-            # appears whole or not at all.
-            staging = Path(tempfile.mkdtemp(prefix=f".new-{run_id}-", dir=self.root))
-            try:
-                _atomic_write_json(staging / RUN_FILE, meta)
-                _atomic_write_json(staging / METRICS_FILE, empty_metrics())
-                os.rename(staging, self.root / run_id)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            _fsync_dir(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                run_id = self._new_id()
+                meta["id"] = run_id
+                # Assemble under a hidden name, then rename into place: the run
+                # appears whole or not at all.
+                staging = Path(tempfile.mkdtemp(prefix=f".new-{run_id}-", dir=self.root))
+                try:
+                    _atomic_write_json(staging / RUN_FILE, meta)
+                    _atomic_write_json(staging / METRICS_FILE, empty_metrics())
+                    os.rename(staging, self.root / run_id)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+                _fsync_dir(self.root)
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot create a run in {self.root}: {exc.strerror or exc}. Free some space, or point "
+                "FREEZE_LAB_RUNS_DIR (--runs-dir on the command line) at a folder you can write to."
+            ) from None
         return run_id
 
     def exists(self, run_id: str) -> bool:
@@ -191,30 +204,42 @@ class RunStore:
         path = self._dir(run_id)
         meta = _read_json(path / RUN_FILE, None)
         if meta is None:
-            raise KeyError(run_id)
+            raise KeyError(f"{run_id}: unreadable run.json")
         try:
             return _record(meta, path)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise KeyError(f"{run_id}: unreadable run.json ({exc})") from exc
 
     def list(self) -> list[RunRecord]:
-        """All readable runs, newest first. Unreadable folders are skipped, not fatal."""
+        """All readable runs, newest first. Unreadable folders are skipped, not fatal (see `survey`)."""
+        return self.survey()[0]
+
+    def survey(self) -> tuple[list[RunRecord], list[tuple[str, str]]]:
+        """(every readable run, newest first; (folder name, why) for each damaged run folder).
+
+        A damaged folder (a `run.json` that is not a run, or one that names another id than its
+        folder, as a copied folder does) is reported and never acted on.
+        """
         if not self.root.is_dir():
-            return []
-        records = []
+            return [], []
+        records, damaged = [], []
         for path in self.root.iterdir():
-            if path.name.startswith(".") or not _valid_id(path.name) or not path.is_dir():
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            if not _valid_id(path.name):
+                damaged.append((path.name, "its name is not a run id"))
+                continue
+            if not (path / RUN_FILE).is_file():
+                damaged.append((path.name, f"it holds no {RUN_FILE}"))
                 continue
             try:
                 records.append(self.load(path.name))
             except (KeyError, OSError) as exc:
-                log.warning("skipping unreadable run folder %s: %s", path, exc)
+                reason = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+                damaged.append((path.name, reason.removeprefix(f"{path.name}: ")))
+                log.warning("skipping unreadable run folder %s: %s", path, reason)
         records.sort(key=lambda r: (r.created, r.id), reverse=True)
-        return records
-
-    def path(self, run_id: str) -> Path:
-        """The folder of an existing run (KeyError if unknown)."""
-        return self._dir(run_id)
+        return records, sorted(damaged)
 
     # --- updates ----------------------------------------------------------------
     def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
@@ -229,6 +254,7 @@ class RunStore:
             if status == RUNNING:
                 meta["started"] = now_iso()
                 meta["finished"] = None
+                meta["process"] = this_process()
             elif status in TERMINAL:
                 meta["finished"] = now_iso()
 
@@ -303,23 +329,34 @@ class RunStore:
             shutil.rmtree(trash, ignore_errors=True)
 
     def mark_interrupted(self) -> list[str]:
-        """Mark runs left "queued" or "running" by a previous process as interrupted.
+        """Mark runs left "queued" or "running" by an earlier app process as interrupted.
 
         Call once at start-up, before any worker starts (the JobManager does).
-        Their metrics so far stay. Returns the ids changed. With one app process
-        per runs directory this is exact; a command-line run writing to the same
-        directory at that moment would be marked too (and set to its real final
-        status when it ends).
+        A run whose process is still alive elsewhere (a command-line run on
+        this machine) is left alone; every other one in flight, this process's
+        own included (a fresh manager holds none of them), is marked. Their
+        metrics so far stay. Returns the ids changed.
         """
-        changed = []
-        for record in self.list():
-            if record.status in ACTIVE:
-                try:
-                    self.set_status(record.id, INTERRUPTED, INTERRUPTED_REASON)
-                    changed.append(record.id)
-                except (KeyError, OSError) as exc:
-                    log.warning("could not mark run %s interrupted: %s", record.id, exc)
-        return changed
+        me = this_process()
+        return [r.id for r in self.list()
+                if r.status in ACTIVE and (r.process == me or not process_alive(r.process))
+                and self._interrupt(r.id, INTERRUPTED_REASON)]
+
+    def reap(self, record: RunRecord) -> RunRecord:
+        """`record` itself, or, when it is in flight but the process that owned it has died (a
+        command-line run killed with `kill -9`), the record marked interrupted with that reason."""
+        if record.status not in ACTIVE or process_alive(record.process):
+            return record
+        reason = DEAD_OWNER_REASON.format(process=describe_process(record.process))
+        return self.load(record.id) if self._interrupt(record.id, reason) else record
+
+    def _interrupt(self, run_id: str, reason: str) -> bool:
+        try:
+            self.set_status(run_id, INTERRUPTED, reason)
+            return True
+        except (KeyError, OSError) as exc:
+            log.warning("could not mark run %s interrupted: %s", run_id, exc)
+            return False
 
     # --- internals -------------------------------------------------------------------
     def _dir(self, run_id: str) -> Path:
@@ -362,21 +399,112 @@ def _clean_name(name: str) -> str:
 
 
 def _record(meta: dict, path: Path) -> RunRecord:
+    if not isinstance(meta, dict):
+        raise ValueError(f"run.json holds a {type(meta).__name__}, not a run")
+    if meta.get("id") != path.name:
+        raise ValueError(f"run.json names the run {meta.get('id')!r}, not its folder's name (a copied folder?)")
     status = meta["status"]
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
+    if not isinstance(meta["config"], dict):
+        raise ValueError(f"its config is a {type(meta['config']).__name__}, not a set of fields")
+    process = meta.get("process")
     return RunRecord(
-        id=str(meta["id"]),
-        name=str(meta.get("name") or meta["id"]),
+        id=path.name,
+        name=str(meta.get("name") or path.name),
         owner=str(meta.get("owner") or ""),
         created=str(meta["created"]),
         status=status,
-        reason=meta.get("reason"),
-        started=meta.get("started"),
-        finished=meta.get("finished"),
+        reason=_text_or_none(meta.get("reason")),
+        started=_text_or_none(meta.get("started")),
+        finished=_text_or_none(meta.get("finished")),
         config=RunConfig.from_dict(meta["config"]),
         path=path,
+        process=process if isinstance(process, dict) else None,
     )
+
+
+def _text_or_none(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    """An ISO 8601 time as an aware datetime (UTC when no zone is given); None when absent or unreadable."""
+    try:
+        t = datetime.fromisoformat(text) if text else None
+    except (TypeError, ValueError):
+        return None
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def clean_metrics(data) -> dict:
+    """`metrics.json` as read, with steps, epochs and info only where they have the shape this module
+    writes: steps as [int, int, float], epoch records as objects, info as an object."""
+    if not isinstance(data, dict):
+        return empty_metrics()
+    steps = []
+    for entry in data.get("steps") if isinstance(data.get("steps"), list) else []:
+        try:
+            step, epoch, loss = entry
+            steps.append([int(step), int(epoch), float(loss)])
+        except (TypeError, ValueError):
+            continue
+    epochs = [r for r in data.get("epochs") or [] if isinstance(r, dict)] if isinstance(data.get("epochs"), list) else []
+    out = {**data, "steps": steps, "epochs": epochs}
+    if not isinstance(out.get("info"), dict):
+        out.pop("info", None)
+    return out
+
+
+# --- which process owns a run ----------------------------------------------------------------------
+
+
+def this_process() -> dict:
+    """This process, as recorded in run.json: host name, pid and the pid's start time (so a reused
+    pid is not mistaken for the original process)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def process_alive(process: dict | None) -> bool:
+    """Whether the recorded process still runs. A process on another host, or one recorded
+    without a pid (a run written before this field existed), counts as alive: nothing here can say."""
+    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+        return True
+    pid = process.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    stat_ = _proc_stat(pid)
+    if stat_ is None:
+        return True
+    state, start = stat_
+    return state not in ("Z", "X") and process.get("start") in (None, start)
+
+
+def describe_process(process: dict | None) -> str:
+    if not isinstance(process, dict):
+        return "unknown"
+    return f"pid {process.get('pid')} on {process.get('host')}"
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot; None where /proc is not there."""
+    stat_ = _proc_stat(pid)
+    return stat_[1] if stat_ else None
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks since boot) of `pid` from Linux's /proc; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _read_json(path: Path, default):

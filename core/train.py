@@ -21,15 +21,17 @@ import json
 import re
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
-from core.devices import describe_device, pick_device
+from core.devices import describe_device, parse_device, pick_device
+
+if TYPE_CHECKING:
+    from core.data import Dataset
 
 SUMMARY_KEYS = (
-    "val_acc", "best_val_acc", "best_epoch", "train_acc", "trainable_params", "frozen_params",
-    "images_per_s", "peak_mem_bytes", "total_time_s", "device", "precision", "freeze_audit",
+    "val_acc", "best_val_acc", "best_epoch", "train_acc", "classes", "per_class_acc", "trainable_params",
+    "frozen_params", "images_per_s", "peak_mem_bytes", "total_time_s", "device", "precision", "freeze_audit",
     "feature_cache", "param_groups", "gradual_unfreezing",
 )  # fmt: skip
 
@@ -72,8 +74,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_config(args: argparse.Namespace) -> RunConfig:
-    """The `RunConfig` the arguments stand for; the dataset is read to learn its classes."""
+def make_config(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
+    """The `RunConfig` the arguments stand for, and the dataset, read to learn its classes."""
     from core.data import load_dataset
     from core.freezing import preset_frozen
     from core.models import build_skeleton
@@ -106,7 +108,17 @@ def make_config(args: argparse.Namespace) -> RunConfig:
         feature_cache=not args.no_feature_cache,
     )
     config.validate()
-    return config
+    return config, dataset
+
+
+def dataset_facts(dataset) -> dict:
+    """What the JSON says about the data: split sizes, files skipped (with why), classes missing from a split."""
+    return {
+        "train_size": len(dataset.train),
+        "val_size": len(dataset.val),
+        "skipped": [{"file": f, "reason": why} for f, why in dataset.skipped],
+        "split_gaps": dataset.split_gaps(),
+    }
 
 
 def _progress(event: str, data: dict) -> None:
@@ -137,6 +149,8 @@ def describe(result: dict) -> str:
         cache = result.get("feature_cache") or {}
         lines += [
             f"  val acc {result['val_acc']:.3f} (best {result['best_val_acc']:.3f}), train acc {result['train_acc']:.3f}",
+            "  per class: " + ", ".join(f"{c} {'no images' if a is None else f'{a:.3f}'}"
+                                        for c, a in zip(result["classes"] or [], result["per_class_acc"] or [])),
             f"  {result['trainable_params']:,} trainable / {result['frozen_params']:,} frozen parameters",
             f"  {result['images_per_s']:.0f} images/s, {result['total_time_s']:.1f} s, "
             f"peak memory {result['peak_mem_bytes'] / 2**20:.0f} MiB on {result['device']} ({result['precision']})",
@@ -149,7 +163,7 @@ def describe(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from core.jobs import RunMonitor, check_weights, execute
+    from core.jobs import RunMonitor, check_runnable, execute
     from core.runs import FINISHED, RunStore
 
     def fail(reason: str, run_id: str | None = None, status: str = "failed") -> int:
@@ -160,28 +174,40 @@ def main(argv: list[str] | None = None) -> int:
 
     store = RunStore(args.runs_dir)
     try:
-        config = make_config(args)
-        check_weights(config, store)
-        device = torch.device(args.device) if args.device else pick_device()
+        device = parse_device(args.device) if args.device else pick_device()
+        config, dataset = make_config(args)
+        check_runnable(config, store)
+        run_id = store.create(config, name=args.name, owner="cli")  # StoreError, or an empty --name
     except (ValueError, RuntimeError) as exc:  # DatasetError, CheckpointError, unknown preset/arch/device
         return fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
-    run_id = store.create(config, name=args.name, owner="cli")
     print(f"run {run_id} in {store.root} on {describe_device(device)}", file=sys.stderr, flush=True)
+    facts = dataset_facts(dataset)
+    for name, why in facts["split_gaps"].items():
+        print(f"warning: class {name!r} has {why}", file=sys.stderr)
+    if facts["skipped"]:
+        print(f"warning: {len(facts['skipped'])} files skipped (see \"skipped\" in --json)", file=sys.stderr)
     monitor = RunMonitor(store, run_id, listener=_progress)
-    outcome = execute(store, run_id, device=device, monitor=monitor)
+    try:
+        outcome = execute(store, run_id, device=device, monitor=monitor)
+    except KeyboardInterrupt:  # execute has recorded the run as cancelled: say so, in JSON too
+        outcome = None
     record = store.load(run_id)
-    result = {"run_id": run_id, "status": outcome.status, "reason": outcome.reason}
+    result = {"run_id": run_id, "status": record.status, "reason": record.reason}
     result |= {key: record.summary.get(key) for key in SUMMARY_KEYS}
+    epochs = record.metrics["epochs"]
+    result["confusion"] = epochs[-1].get("confusion") if epochs else None  # rows: true class, columns: predicted
+    result["epochs_done"] = len(epochs)
+    result |= facts
     result["config"] = config.to_dict()
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(describe(result))
-    if outcome.status == FINISHED:
+    if record.status == FINISHED:
         return 0
-    print(f"error: run {run_id} {outcome.status}: {outcome.reason}", file=sys.stderr)
-    return 130 if outcome.status == "cancelled" else 1
+    print(f"error: run {run_id} {record.status}: {record.reason}", file=sys.stderr)
+    return 130 if outcome is None or record.status == "cancelled" else 1
 
 
 if __name__ == "__main__":

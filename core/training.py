@@ -285,9 +285,17 @@ class _Fault:
         raise RuntimeError(f"simulated failure ({FAULT_ENV} at step {step})")
 
 
+class DivergedError(ValueError):
+    """The training loss became NaN or infinite: the run fails with this message (written for the user)."""
+
+
 class _StepReporter:
     """Reports each step's loss one step late, so reading it (`.item()`) does not stall the GPU
-    queue: by the time step k's loss is read, step k+1 has been queued behind it."""
+    queue: by the time step k's loss is read, step k+1 has been queued behind it.
+
+    A loss that is not finite ends the run (`DivergedError`): the weights are then NaN too, and a
+    run that went on would "finish" at chance accuracy.
+    """
 
     def __init__(self, monitor: Monitor) -> None:
         self.monitor, self.pending = monitor, None
@@ -300,7 +308,13 @@ class _StepReporter:
         if self.pending is not None:
             step, epoch, loss = self.pending
             self.pending = None
-            self.monitor.on_step(step, epoch, loss.item())
+            value = loss.item()
+            if not math.isfinite(value):
+                raise DivergedError(
+                    f"The loss became {'NaN' if math.isnan(value) else 'infinite'} at step {step}: lower the learning rate "
+                    "(or check the starting weights and the data)."
+                )
+            self.monitor.on_step(step, epoch, value)
 
 
 @dataclass
@@ -405,7 +419,8 @@ def evaluate(forward: Callable[[Tensor], Tensor], data: Split, loop: Loop, num_c
     return {
         "val_loss": loss_sum.item() / n,
         "val_acc": correct.sum().item() / n,
-        "per_class_acc": [(c / t if t else 0.0) for c, t in zip(correct.tolist(), per_class_total.tolist())],
+        # A class without validation images has no accuracy (None, "no images"), not 0%.
+        "per_class_acc": [(c / t if t else None) for c, t in zip(correct.tolist(), per_class_total.tolist())],
         "confusion": confusion.tolist(),
     }
 
@@ -622,6 +637,7 @@ def train(
                 "epoch": epoch,
                 **stats,
                 "epoch_time_s": time.perf_counter() - t_epoch,
+                "train_time_s": train_time,  # the training pass (and, in a phase's first epoch, the feature pass)
                 "images_per_s": len(inputs["train"]) / train_time,
                 "peak_mem_bytes": _peak_memory(device),
                 "lr": lr.get("head", max(lr.values())),
@@ -659,7 +675,9 @@ def train(
         "per_class_acc": final["per_class_acc"],
         "trainable_params": trainable,
         "frozen_params": frozen,
-        "images_per_s": sum(r["images_per_s"] for r in history) / len(history),
+        # Training images over the training passes' time (validation excluded; a phase's first epoch
+        # includes computing its cached features): not a mean of per-epoch rates, which short epochs dominate.
+        "images_per_s": len(images["train"]) * len(history) / sum(r["train_time_s"] for r in history),
         "total_time_s": time.perf_counter() - t_start,
         "peak_mem_bytes": max(r["peak_mem_bytes"] for r in history),
         "classes": classes,

@@ -42,6 +42,9 @@ def test_cli_trains_then_reuses_the_run_as_weights(tmp_path, env, capsys):
     assert 0 <= first["val_acc"] <= 1 and first["trainable_params"] > 11_000_000
     assert first["freeze_audit"]["ok"] and first["images_per_s"] > 0 and first["peak_mem_bytes"] > 0
     assert "epoch 1" in done.stderr  # progress goes to stderr
+    assert first["classes"] == ["box", "disc", "wedge"] and len(first["per_class_acc"]) == 3
+    assert sum(map(sum, first["confusion"])) == first["val_size"] and first["skipped"] == []
+    assert first["split_gaps"] == {}
     record = RunStore(runs).load(first["run_id"])
     assert record.status == "finished" and record.has_weights and record.config.preset == "full"
 
@@ -77,3 +80,26 @@ def test_cli_reports_failures(tmp_path, env, capsys, monkeypatch):
 def test_image_size_accepts_square_and_hxw():
     assert image_size("64") == (64, 64)
     assert image_size("448x224") == (448, 224)
+
+
+def test_ctrl_c_on_a_json_run_prints_json_that_says_cancelled(tmp_path, env):
+    import signal
+    import time
+
+    folder = draw_folder(tmp_path / "shapes", per_class=30)
+    (folder / "disc" / "notes.txt").write_text("not an image")  # one skipped file, said in the JSON
+    child_env = os.environ | env | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "core.train", "--preset", "full", "--dataset", str(folder), "--image-size", "32",
+         "--epochs", "200", "--batch-size", "4", "--device", "cpu", "--no-feature-cache", "--json"],
+        cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while "training on" not in (line := child.stderr.readline()) and time.monotonic() < deadline:
+        assert line or child.poll() is None, "the run ended before it trained"
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    result = json.loads(out)
+    assert result["status"] == "cancelled" and result["reason"] == "stopped from the keyboard"
+    assert result["skipped"] == [{"file": "disc/notes.txt", "reason": "not an image file type (.txt)"}]
+    assert RunStore(env["FREEZE_LAB_RUNS_DIR"]).load(result["run_id"]).status == "cancelled"

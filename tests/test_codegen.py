@@ -1,6 +1,7 @@
 """core.codegen: the generated snippet runs as is and trains exactly what Freeze Lab would train."""
 
 import contextlib
+import os
 import io
 
 import pytest
@@ -179,3 +180,39 @@ def test_attr_path():
     assert attr_path("features.denseblock1") == "model.features.denseblock1"
     assert attr_path("classifier.6") == "model.classifier[6]"
     assert attr_path("odd-name.0") == "getattr(model, 'odd-name')[0]"
+
+
+def test_head_only_percentage_is_not_rounded_to_zero():
+    _, printed = run_snippet(generate_code(config_for("resnet18", "head")))
+    trainable = 512 * NUM_CLASSES + NUM_CLASSES
+    total = sum(p.numel() for p in build_model("resnet18", NUM_CLASSES, "none").parameters())
+    assert f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3g}%)" in printed
+    assert "(0.0%)" not in printed
+
+
+def test_run_snippet_names_the_runs_folder_so_it_works_from_anywhere(tmp_path, monkeypatch):
+    """With a relative runs folder (the default ./runs), the export line and CHECKPOINT named paths that only
+    resolved in the Freeze Lab folder, and only with its FREEZE_LAB_RUNS_DIR set."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from core.runs import RunStore
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", "my-runs")
+    store = RunStore()
+    run_id = store.create(RunConfig(arch="alexnet", num_classes=NUM_CLASSES))
+    torch.manual_seed(3)
+    trained = build_model("alexnet", NUM_CLASSES, "none")
+    store.save_weights(run_id, trained.state_dict())
+    store.set_status(run_id, "finished")
+    code = generate_code(config_for("alexnet", "classifier", weights=f"run:{run_id}"))
+    export = next(line for line in code.splitlines() if "run_state_dict(" in line).removeprefix("#   ")
+    assert str(tmp_path / "my-runs") in export
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "FREEZE_LAB_RUNS_DIR"}  # as a user's shell would be
+    subprocess.run(export, shell=True, cwd=root, env=env, check=True, timeout=300)
+    monkeypatch.chdir(root)
+    namespace, printed = run_snippet(code)
+    assert torch.equal(namespace["model"].features[0].weight, trained.features[0].weight)

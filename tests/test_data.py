@@ -111,7 +111,7 @@ def _png_with_declared_size(width: int, height: int) -> bytes:
     return bytes(raw)
 
 
-@pytest.mark.parametrize("side", [8_000, 12_000, 100_000])  # over our cap; Pillow's warning zone; Pillow's error zone
+@pytest.mark.parametrize("side", [15_000, 25_000, 100_000])  # over our cap and Pillow's warning; Pillow's error zone; far over
 def test_open_image_rejects_decompression_bomb(side):
     with pytest.raises(DatasetError, match="too large"):
         open_image(_png_with_declared_size(side, side))
@@ -120,7 +120,27 @@ def test_open_image_rejects_decompression_bomb(side):
 def test_open_image_turns_pillow_bomb_warning_into_error(monkeypatch):
     monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 10**12)  # only Pillow's own warning is left to catch it
     with pytest.raises(DatasetError, match="too large"):
-        open_image(_png_with_declared_size(12_000, 12_000))
+        open_image(_png_with_declared_size(15_000, 15_000))
+
+
+def test_a_48_megapixel_phone_photo_is_an_image_not_a_bomb():
+    # 8000 x 6000, as a 48 MP phone sensor takes it; decoded at a reduced scale for a small target.
+    buf = io.BytesIO()
+    Image.new("RGB", (8000, 6000), (30, 120, 200)).save(buf, format="JPEG", quality=70)
+    img = open_image(buf.getvalue(), draft=(256, 256))
+    assert img.mode == "RGB" and img.size == (1000, 750)  # JPEG's 1/8 scale: memory bounded by the target size
+    assert img.getpixel((500, 375)) == pytest.approx((30, 120, 200), abs=3)
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped_to_white():
+    values = np.array([[0, 257 * 64], [257 * 128, 65535]], dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")  # a 16-bit grayscale PNG (Pillow opens it as I;16, older ones as I)
+    out = np.asarray(open_image(buf.getvalue()))
+    assert out[..., 0].tolist() == [[0, 64], [128, 255]]
+    as_i = data._to_8bit(Image.fromarray(values.astype(np.int32)))  # mode "I", as Pillow < 13 reads such files
+    assert np.asarray(as_i).tolist() == [[0, 64], [128, 255]]
+    assert (out[..., 0] == out[..., 2]).all()  # gray stays gray
 
 
 # --- folders --------------------------------------------------------------------------------------
@@ -397,3 +417,42 @@ def test_normalize_uint8_and_float():
                                        ("/data/pets", "pets"), ("/data/pets/", "pets"), ("/", "/")])
 def test_dataset_name_is_a_folder_s_own_name(ref, name):
     assert data.dataset_name(ref) == name
+
+
+@pytest.mark.parametrize("train, val", [("train", "test"), ("training", "testing"), ("train", "valid")])
+def test_train_and_test_folders_are_a_split(train, val, tmp_path):
+    """A folder with train/ and test/ was read as two classes named "train" and "test"."""
+    root = tmp_path / "ds"
+    for split, n in ((train, 3), (val, 2)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                (root / split / c / f"{i}.png").write_bytes(png_bytes())
+    ds = load_dataset(str(root), data_dir=tmp_path / "data")
+    assert ds.classes == ["cat", "dog"] and ds.given_split
+    assert (len(ds.train), len(ds.val)) == (6, 4)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])  # bilinear 256/224; bicubic 256/224
+def test_imagenet_preprocessing_of_a_non_square_image_matches_the_weights_own_transforms(arch):
+    """Both sides were squashed to 256 before the crop; `weights.transforms()` resizes the shorter side
+    and keeps the aspect ratio."""
+    import torchvision.transforms.v2.functional as F
+    from torchvision.models import get_model_weights
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    reference = get_model_weights(arch).DEFAULT.transforms()(F.pil_to_tensor(img))
+    pre = preprocess_for(arch, "imagenet", (224, 224))
+    ours = data.normalize(data.image_tensor(img, pre)[None], pre)[0]
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)  # the same pixels, up to float rounding
+
+
+def test_a_non_square_input_covers_its_box_keeping_the_aspect_ratio():
+    pre = preprocess_for("resnet18", "imagenet", (448, 224))
+    assert (pre.resize, pre.crop, pre.keep_aspect) == ((512, 256), (448, 224), True)
+    img = Image.new("RGB", (300, 300), (10, 20, 30))  # square image into a tall box: scaled to 512x512, cropped
+    assert tuple(data.image_tensor(img, pre).shape) == (3, 448, 224)
+    assert data._resized_size((300, 300), pre) == (512, 512)
+    assert data._resized_size((600, 300), pre) == (512, 256)

@@ -228,3 +228,16 @@ def test_real_model_training_step_respects_the_frozen_set():
     for n, p in model.named_parameters():
         changed = not torch.equal(before[n], p)
         assert changed == n.startswith(("layer4.", "fc.")), n
+
+
+def test_preset_of_names_what_trains_not_how_it_was_ticked():
+    from core.freezing import layer_tree, preset_of
+
+    model = build_skeleton("resnet18", 4)
+    tree = layer_tree(model, "resnet18")
+    assert preset_of(model, "resnet18", tree, ()) == "full"
+    assert preset_of(model, "resnet18", tree, preset_frozen(model, "resnet18", "head")) == "head"
+    # the same parameters frozen, spelled module by module instead of by the preset's paths
+    by_hand = tuple(n.path for n in tree.nodes if n.depth == 1 and n.path.startswith(("layer1", "layer2", "layer3")))
+    assert preset_of(model, "resnet18", tree, ("conv1", "bn1") + by_hand) == "last1"
+    assert preset_of(model, "resnet18", tree, ("layer2",)) == "custom"

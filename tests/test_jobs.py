@@ -152,7 +152,7 @@ def test_missing_starting_weights_create_nothing(store, manager_for, tmp_path):
     with pytest.raises(ValueError, match="no run 'nope'"):
         manager.submit(CONFIG.replace(weights="run:nope"))
     alexnet = tmp_path / "alexnet.pt"  # e.g. chosen on the Model page before the architecture changed
-    torch.save(build_skeleton("alexnet", 3).to_empty(device="cpu").state_dict(), alexnet)
+    torch.save({k: torch.zeros(v.shape) for k, v in build_skeleton("alexnet", 3).state_dict().items()}, alexnet)
     with pytest.raises(ValueError, match="does not fit"):
         manager.submit(CONFIG.replace(weights=str(alexnet)))
     assert store.list() == []
@@ -442,3 +442,25 @@ def test_default_engine_is_imported_by_the_constructing_thread_not_the_worker(tm
         assert "pandas" in sys.modules and hasattr(sys.modules["pandas"], "Series")
     finally:
         manager.shutdown()
+
+
+def test_the_same_submission_twice_while_the_first_is_in_flight_is_refused(store, manager_for):
+    """Enter in "Run name" started a run and the Start button then a duplicate: one user action, one run."""
+    gate = threading.Event()
+
+    def slow(config, monitor, **kwargs):
+        gate.wait(30)
+        return Engine()(config, monitor, **kwargs)
+
+    manager = manager_for(slow)
+    first = manager.submit(cfg("a"), owner="tab1", name="mine")
+    with pytest.raises(ValueError, match=rf"This exact run was started \d+ s ago \({first}\); it is not started twice"):
+        manager.submit(cfg("a"), owner="tab1", name="mine")
+    other_seed = manager.submit(cfg("a").replace(seed=1), owner="tab1", name="mine")  # a real second run
+    other_tab = manager.submit(cfg("a"), owner="tab2", name="mine")  # someone else's
+    gate.set()
+    for run_id in (first, other_seed, other_tab):
+        assert manager.wait(run_id, TIMEOUT) == runs.FINISHED
+    again = manager.submit(cfg("a"), owner="tab1", name="mine")  # once the first is done, on purpose
+    assert manager.wait(again, TIMEOUT) == runs.FINISHED
+    assert len(store.list()) == 4

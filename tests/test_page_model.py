@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 from core.config import RunConfig
 from core.costs import cost_profile, human_bytes
 from core.memory import run_memory
+from ui.manager import get_manager
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
 
@@ -17,6 +18,10 @@ PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
 def _isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+    get_manager.clear()  # the page lists this test's runs
+    yield
+    get_manager().shutdown(wait=True, timeout=30)
+    get_manager.clear()
 
 
 def open_page(arch="resnet18", **changes) -> AppTest:
@@ -62,7 +67,7 @@ def test_ticking_a_box_changes_the_counts():
     at.session_state["tree_layer1@1"] = {"edited_rows": {row: {"train": True}}, "added_rows": [], "deleted_rows": []}
     at.run()
     assert trainable(at) == after + 36_864
-    assert "partial" in at.data_editor(key="tree_overview@2").value["state"][1]
+    assert at.data_editor(key="tree_overview@2").value["state"][1] == "◐ partly"
 
 
 @pytest.mark.parametrize("preset, expected", [
@@ -192,3 +197,54 @@ def test_cost_tab_shows_a_whole_run_once_the_dataset_is_known():
     expected = run_memory(cost_profile("resnet18", 10, (64, 64)), at.session_state["draft"], train_images=192,
                           val_images=48, device=torch.device("cpu"))
     assert peak == human_bytes(expected.peak_bytes)
+
+
+# --- the starting weights of an earlier run: rendering never changes them ---------------------------------
+
+
+def _queued_backbone(**changes) -> str:
+    """A backbone run that sits in the queue: created in the store with no worker to train it."""
+    return get_manager().store.create(RunConfig(arch="resnet18", num_classes=6, **changes), name="backbone")
+
+
+def test_a_queued_backbone_in_the_draft_stays_the_draft_s_weights():
+    """The run picker listed only finished runs, fell back to the first one and wrote it into the draft."""
+    store = get_manager().store
+    older = store.create(RunConfig(arch="resnet18", num_classes=6), name="an older finished run")
+    store.set_status(older, "finished")
+    backbone = _queued_backbone()
+    at = open_page(weights=f"run:{backbone}")
+    assert not at.exception
+    assert at.session_state["draft"].weights == f"run:{backbone}"
+    assert at.selectbox(key="model_run").value == backbone
+    assert any("still queued" in i.value and "waits in the queue" in i.value for i in at.info)
+
+
+def test_choosing_an_earlier_run_picks_none_until_the_user_does():
+    store = get_manager().store
+    done = store.create(RunConfig(arch="resnet18", num_classes=6), name="a finished run")
+    store.set_status(done, "finished")
+    at = open_page()
+    at.selectbox(key="model_weights").set_value("run").run()
+    assert not at.exception
+    assert at.selectbox(key="model_run").value is None
+    assert at.session_state["draft"].weights == "none"  # nothing chosen yet, nothing changed
+    at.selectbox(key="model_run").set_value(done).run()
+    assert at.session_state["draft"].weights == f"run:{done}"
+
+
+def test_a_failed_backbone_in_the_draft_is_said_not_swapped():
+    store = get_manager().store
+    failed = store.create(RunConfig(arch="resnet18", num_classes=6), name="broken")
+    store.set_status(failed, "failed", "boom")
+    at = open_page(weights=f"run:{failed}")
+    assert at.session_state["draft"].weights == f"run:{failed}"
+    assert any("This run failed: it has no weights to start from" in e.value for e in at.error)
+
+
+def test_the_first_run_panel_shows_until_there_is_a_run():
+    at = open_page()
+    assert any("Start here" in m.value for m in at.markdown)
+    get_manager().store.create(RunConfig())
+    at.run()
+    assert not any("Start here" in m.value for m in at.markdown)

@@ -184,3 +184,48 @@ def test_a_run_another_session_started_stops_only_after_a_second_click(folder):
     at = poll_until(at, lambda a: any("cancelled" in w.value for w in a.warning))
     assert not at.exception
     assert manager.store.load(run_id).status == "cancelled"
+
+
+def test_the_pretrain_shortcut_says_what_it_changed(folder):
+    at = open_page(folder)
+    at.button(key="train_pretrain_demo").click().run()
+    assert not at.exception
+    backbone = at.query_params["run"][0] if isinstance(at.query_params["run"], list) else at.query_params["run"]
+    draft = at.session_state["draft"]
+    assert (draft.weights, draft.dataset, draft.num_classes, draft.preset) == (f"run:{backbone}", "demo-target", 4, "full")
+    notice = next(s.value for s in at.success if "Queued the demo backbone" in s.value)
+    for said in (f"starting weights none → run {backbone}", f"dataset {folder.name} → demo-target", "classes 3 → 4",
+                 "strategy Head only → Full fine-tune", "input 32×32 → 64×64"):
+        assert said in notice, notice
+    get_manager().cancel(backbone)
+
+
+def test_a_finished_run_offers_its_downloads_on_the_train_page(folder):
+    at = open_page(folder)
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    run_id = shown_run(at)
+    get_manager().wait(run_id, timeout=60)
+    at = poll_until(at, lambda a: any("Freeze audit passed" in s.value for s in a.success))
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Weights (.pt state dict)", "Metrics (CSV)"]
+
+
+def test_the_draft_and_the_owner_survive_a_refresh_of_the_tab(folder):
+    """A refresh is a new session with the same URL: its ?tab= finds the draft and the runs again."""
+    at = open_page(folder)
+    at.number_input(key="train_epochs").set_value(2)
+    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    run_id = shown_run(at)
+    tab = at.session_state["owner"]
+    draft = at.session_state["draft"]
+    assert get_manager().store.load(run_id).owner == tab
+    refreshed = AppTest.from_file(PAGE, default_timeout=60)
+    refreshed.query_params["tab"] = tab
+    refreshed.query_params["run"] = run_id
+    refreshed.run()
+    assert not refreshed.exception
+    assert refreshed.session_state["draft"] == draft and draft.epochs == 2
+    assert refreshed.session_state["owner"] == tab
+    stranger = AppTest.from_file(PAGE, default_timeout=60).run()  # another tab: a fresh draft and a new id
+    assert stranger.session_state["draft"] == RunConfig() and stranger.session_state["owner"] != tab
+    get_manager().wait(run_id, timeout=60)

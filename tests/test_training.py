@@ -346,3 +346,37 @@ def test_cuda_run_bf16_channels_last(folder, tmp_path, preset):
         assert summary["feature_cache"]["used"] == (not augment)
         assert summary["peak_mem_bytes"] > 0 and all(math.isfinite(loss) for loss in monitor.losses)
         assert all(t.device.type == "cpu" for t in result.state_dict.values())
+
+
+def test_images_per_second_is_images_over_training_time_not_a_mean_of_rates(folder):
+    """The mean of per-epoch rates let short epochs dominate (1,700 reported, 199 real for one run)."""
+    config = RunConfig(dataset=str(folder), num_classes=3, image_size=(32, 32), epochs=3, batch_size=8,
+                       preset="head", frozen=preset_frozen(build_skeleton("resnet18", 3), "resnet18", "head"))
+    rec = Recorder()
+    summary = train(config, rec, device=CPU).summary
+    epochs = rec.epochs
+    n_train = summary["train_size"]
+    assert all(e["images_per_s"] == pytest.approx(n_train / e["train_time_s"]) for e in epochs)
+    assert summary["images_per_s"] == pytest.approx(n_train * 3 / sum(e["train_time_s"] for e in epochs))
+    assert epochs[0]["train_time_s"] > epochs[1]["train_time_s"]  # the first epoch computes the cached features
+
+
+def test_a_class_without_validation_images_has_no_accuracy_not_zero(tmp_path):
+    root = draw_folder(tmp_path / "ds", per_class=4)
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    for name in CLASSES:
+        (root / name).rename(root / "train" / name)
+    (root / "val" / "disc").mkdir()
+    (root / "val" / "box").mkdir()
+    for name in ("disc", "box"):  # wedge has training images only
+        for f in sorted((root / "train" / name).iterdir())[:2]:
+            f.rename(root / "val" / name / f.name)
+    config = RunConfig(dataset=str(root), num_classes=3, image_size=(32, 32), epochs=1, batch_size=4)
+    rec = Recorder()
+    summary = train(config, rec, device=CPU).summary
+    acc = summary["per_class_acc"]
+    assert summary["classes"] == ["box", "disc", "wedge"] and acc[2] is None
+    assert all(a is not None for a in acc[:2])
+    confusion = rec.epochs[-1]["confusion"]
+    assert summary["val_acc"] == pytest.approx((confusion[0][0] + confusion[1][1]) / 4)

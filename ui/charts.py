@@ -15,6 +15,11 @@ MAX_POINTS = 600  # per series sent to the browser on each tick
 def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=40, b=10), height=300, uirevision="keep",
                       legend=dict(orientation="h", y=-0.2), **kwargs)
+    if not fig.data:  # before the first point: a word instead of empty axes with meaningless ranges
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        fig.add_annotation(text="Waiting for the first data…", showarrow=False, font=dict(size=14, color="#888"),
+                           xref="paper", yref="paper", x=0.5, y=0.5)
     return fig
 
 
@@ -58,7 +63,10 @@ def per_class_figure(record: dict | None, classes: list[str]) -> go.Figure:
     """Validation accuracy per class for one epoch record."""
     fig = go.Figure()
     if record:
-        fig.add_bar(x=classes, y=record["per_class_acc"], marker_color="#2E6FD8")
+        acc = record["per_class_acc"]  # None: the class has no validation images
+        fig.add_bar(x=classes, y=[a or 0 for a in acc], marker_color="#2E6FD8",
+                    text=["no images" if a is None else f"{a:.0%}" for a in acc], textposition="outside",
+                    hovertemplate="%{x}: %{text}<extra></extra>")
     return _layout(fig, "Validation accuracy per class", yaxis=dict(range=[0, 1], tickformat=".0%"))
 
 

@@ -15,7 +15,8 @@ import pandas as pd
 from core.freezing import LayerTree, Stage
 from core.models import LoadReport
 
-STATE_MARK = {"trainable": "trains", "frozen": "frozen", "partial": "partial", "": "—"}
+# The checkbox cannot show "partly": the state column, beside it, does.
+STATE_MARK = {"trainable": "● trains", "frozen": "○ frozen", "partial": "◐ partly", "": "—"}
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,12 @@ def overview_table(tree: LayerTree, groups: list[Group], frozen) -> tuple[pd.Dat
         state = "" if total == 0 else "trainable" if trainable == total else "frozen" if trainable == 0 else "partial"
         rows.append({
             "train": state == "trainable",
+            "state": STATE_MARK[state],
             "layer": group.name,
             "modules": ", ".join(group.paths) if len(group.paths) <= 3 else f"{group.paths[0]} … {group.paths[-1]}",
             "output": _shape(nodes[group.paths[-1]].out_shape),
             "params": total,
             "trainable": trainable,
-            "state": STATE_MARK[state],
         })
         targets.append(tuple(p for p in group.paths if nodes[p].total_params))
     return pd.DataFrame(rows), targets
@@ -75,13 +76,13 @@ def group_table(
             continue
         row = {
             "train": state == "trainable",
+            "state": STATE_MARK[state],
             "layer": "\u2003" * node.depth + ("▸ " if node.has_children else "") + node.name,
             "path": node.path,
             "type": node.kind,
             "output": _shape(node.out_shape),
             "params": node.total_params,
             "trainable": trainable,
-            "state": STATE_MARK[state],
         }
         if report is not None:
             row["checkpoint"] = _checkpoint_mark(tree, node, report)

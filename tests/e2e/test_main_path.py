@@ -59,7 +59,7 @@ def fill_number(page: Page, label: str, value: int) -> None:
 
 
 def block_expander(page: Page, name: str) -> Locator:
-    """The expander of one block of the layer tree, by its label ("layer1 — trains · …")."""
+    """The expander of one block of the layer tree, by its label ("layer1 — ● trains · …")."""
     return page.get_by_test_id("stExpander").filter(
         has=page.locator("summary [data-testid='stMarkdownContainer']",
                          has_text=re.compile(rf"^{re.escape(name)} — ")))
@@ -253,7 +253,7 @@ def test_main_path(app_server, page, shots, tmp_path):
     expect(metric_value(page, "Frozen parameters")).to_have_text(f"{frozen:,}")
     expect(metric_value(page, "Strategy")).to_have_text("Custom")
     expect(block_expander(page, "layer1")).to_contain_text(
-        f"layer1 — frozen · 0 / {layer1:,} trainable")
+        f"layer1 — ○ frozen · 0 / {layer1:,} trainable")
     snap(page, shots / "04_untick_layer1.png")
 
     # 05: tick a single block back inside layer1's own table: layer1.0 trains, layer1.1 stays frozen
@@ -268,7 +268,7 @@ def test_main_path(app_server, page, shots, tmp_path):
     toggle_tree_row(page, group, "path", "layer1.0")
     expect(metric_value(page, "Trainable parameters")).to_have_text(f"{trainable:,}")
     expect(metric_value(page, "Frozen parameters")).to_have_text(f"{frozen:,}")
-    expect(expander).to_contain_text(f"layer1 — partial · {block:,} / {layer1:,} trainable")
+    expect(expander).to_contain_text(f"layer1 — ◐ partly · {block:,} / {layer1:,} trainable")
     expect(group).to_have_count(1)  # the grid of the previous script run is gone
     if not group.is_visible():  # the expander's label changed with the counts: it comes back closed
         expander.locator("summary").click()
@@ -278,12 +278,12 @@ def test_main_path(app_server, page, shots, tmp_path):
     # choice a moment after the counts: read it until it shows the new states.
     for _ in range(40):
         states = {row["path"]: (row["Train"], row["state"]) for row in grid_rows(group)}
-        if states.get("layer1") == ("false", "partial"):
+        if states.get("layer1") == ("false", "◐ partly"):
             break
         page.wait_for_timeout(250)
-    assert states["layer1"] == ("false", "partial"), states
-    assert states["layer1.0"] == ("true", "trains") and states["layer1.0.conv1"] == ("true", "trains"), states
-    assert states["layer1.1"] == ("false", "frozen"), states
+    assert states["layer1"] == ("false", "◐ partly"), states
+    assert states["layer1.0"] == ("true", "● trains") and states["layer1.0.conv1"] == ("true", "● trains"), states
+    assert states["layer1.1"] == ("false", "○ frozen"), states
     snap(page, shots / "05_tick_layer1_0.png")
 
     # 06: apply a preset: "Full fine-tune" trains everything again
@@ -293,7 +293,7 @@ def test_main_path(app_server, page, shots, tmp_path):
     expect(metric_value(page, "Frozen parameters")).to_have_text("0")
     expect(metric_value(page, "Strategy")).to_have_text("Full fine-tune")
     expect(block_expander(page, "layer1")).to_contain_text(
-        f"layer1 — trains · {layer1:,} / {layer1:,} trainable")
+        f"layer1 — ● trains · {layer1:,} / {layer1:,} trainable")
     snap(page, shots / "06_preset_full.png")
 
     # 07: the Train page shows that choice; start the run

@@ -1,0 +1,95 @@
+"""This browser tab's state: who it is, and the `RunConfig` draft its pages edit.
+
+Pages read and write the draft only through `draft`, `update_draft` and `set_draft`. The tab
+has an id, kept in the session and in the URL (``?tab=``): it is the owner of the runs the tab
+starts, and the key under which its draft is saved on disk at every change. A refresh of the
+tab (a new session, the same URL) thus finds its draft and its runs again; another tab, or a
+link without ``?tab=``, starts fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from pathlib import Path
+
+import streamlit as st
+
+from core.config import RunConfig, data_dir
+from core.diskcache import atomic_write
+
+log = logging.getLogger(__name__)
+
+TAB_PARAM = "tab"
+_TAB_ID = re.compile(r"^[0-9a-f]{8,32}$")
+
+
+def tab_id() -> str:
+    """This tab's id (also the owner recorded on its runs), from the session, else the URL, else new."""
+    if "owner" not in st.session_state:
+        from_url = st.query_params.get(TAB_PARAM, "")
+        st.session_state["owner"] = from_url if _TAB_ID.match(from_url) else uuid.uuid4().hex[:12]
+    return st.session_state["owner"]
+
+
+def session_owner() -> str:
+    """The owner label of the runs this tab starts: its id."""
+    return tab_id()
+
+
+def keep_tab_in_url() -> None:
+    """Put the tab id in the URL, where a refresh finds it (a page switch clears the query string).
+
+    Called by the frame (app.py) on every run, before the page.
+    """
+    tab = tab_id()
+    if st.query_params.get(TAB_PARAM) != tab:
+        st.query_params[TAB_PARAM] = tab
+
+
+def draft() -> RunConfig:
+    """The tab's draft configuration: from this session, else as the tab last saved it, else the default."""
+    if "draft" not in st.session_state:
+        st.session_state["draft"] = _load(tab_id()) or RunConfig()
+    return st.session_state["draft"]
+
+
+def set_draft(config: RunConfig) -> RunConfig:
+    """Make `config` the draft (and save it for a refresh) when it differs; returns it."""
+    if st.session_state.get("draft") != config:
+        st.session_state["draft"] = config
+        _save(tab_id(), config)
+    return config
+
+
+def update_draft(**changes) -> RunConfig:
+    """Replace the draft with a copy that has `changes` applied; returns the new draft."""
+    return set_draft(draft().replace(**changes))
+
+
+def _path(tab: str) -> Path:
+    # Named by a hash: the id comes from a URL, and never becomes a path itself.
+    return data_dir() / ".drafts" / f"{hashlib.sha256(tab.encode()).hexdigest()[:24]}.json"
+
+
+def _save(tab: str, config: RunConfig) -> None:
+    try:
+        atomic_write(_path(tab), config.to_json().encode())
+    except OSError as exc:  # a read-only data folder costs only the refresh
+        log.warning("could not save the draft of tab %s: %s", tab, exc)
+
+
+def _load(tab: str) -> RunConfig | None:
+    """The saved draft of `tab`, or None when there is none or it is not a valid configuration."""
+    try:
+        config = RunConfig.from_json(_path(tab).read_text(encoding="utf-8"))
+        config.validate()
+        return config
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring the saved draft of tab %s: %s", tab, exc)
+        return None
