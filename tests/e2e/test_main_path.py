@@ -239,7 +239,8 @@ def test_main_path(app_server, page, shots, tmp_path):
     overview = page.get_by_test_id("stDataFrame").first
     expect(overview).to_be_visible()
     # the output shapes follow the input size: at 32 px the stem (conv1, maxpool) gives 64x8x8
-    expect(overview.locator("td[aria-colindex='4']").first).to_have_text(f"64×{SIZE // 4}×{SIZE // 4}")
+    # (columns: train, state, layer, modules, output)
+    expect(overview.locator("td[aria-colindex='5']").first).to_have_text(f"64×{SIZE // 4}×{SIZE // 4}")
     snap(page, shots / "03_model_resnet18_32px.png")
 
     # 04: tick a layer: untick layer1 in the overview -> exactly its parameters freeze
