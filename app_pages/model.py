@@ -264,17 +264,20 @@ if profile is not None:
 # --- counts -----------------------------------------------------------------------------------
 trainable, frozen_count = tree.counts(cfg.frozen)
 total = trainable + frozen_count
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Trainable parameters", f"{trainable:,}", f"{costs.human_share(trainable, total)} of all", delta_color="off", delta_arrow="off")
-m2.metric("Frozen parameters", f"{frozen_count:,}", f"{costs.human_share(frozen_count, total)} of all", delta_color="off", delta_arrow="off")
-m3.metric("Strategy", preset_label(cfg.preset))
-if mine_run is not None:
-    m4.metric("Peak memory of a run", costs.human_bytes(mine_run.peak_bytes), f"during {mine_run.peak_moment}",
-              delta_color="off", delta_arrow="off", help=f"Estimated for {device.type.upper()}, {precision}, "
-              f"batch {cfg.batch_size}, {mine_run.images:,} images; see the Cost tab.")
-elif profile is not None:
-    m4.metric("Memory per training step", costs.human_bytes(mine.total_bytes),
-              help="Pick the dataset on the Data page to see the peak of a whole run.")
+# Content-wide metrics that wrap as a whole: a long strategy name ("FC1 + FC2 + head") is never cut.
+with st.container(horizontal=True, gap="medium"):
+    st.metric("Trainable parameters", f"{trainable:,}", f"{costs.human_share(trainable, total)} of all",
+              delta_color="off", delta_arrow="off", width="content")
+    st.metric("Frozen parameters", f"{frozen_count:,}", f"{costs.human_share(frozen_count, total)} of all",
+              delta_color="off", delta_arrow="off", width="content")
+    st.metric("Strategy", preset_label(cfg.preset), width="content")
+    if mine_run is not None:
+        st.metric("Peak memory of a run", costs.human_bytes(mine_run.peak_bytes), f"during {mine_run.peak_moment}",
+                  delta_color="off", delta_arrow="off", width="content", help=f"Estimated for "
+                  f"{device.type.upper()}, {precision}, batch {cfg.batch_size}, {mine_run.images:,} images; see the Cost tab.")
+    elif profile is not None:
+        st.metric("Memory per training step", costs.human_bytes(mine.total_bytes), width="content",
+                  help="Pick the dataset on the Data page to see the peak of a whole run.")
 st.progress(trainable / total, text=f"{costs.human_share(trainable, total)} of the parameters train")
 
 set_frozen(model, cfg.frozen)  # the run estimate above tried other frozen sets on this skeleton

@@ -17,6 +17,13 @@ from ui.session import draft, session_owner, update_draft
 manager = get_manager()
 cfg = draft()
 
+
+def weights_note(weights: str) -> str:
+    """The starting weights in a few words (the header's metrics must fit one row; the help has it all)."""
+    if weights.startswith("run:"):
+        return "weights of run …" + weights.removeprefix("run:")[-4:]
+    return {"none": "random init", "imagenet": "ImageNet weights"}.get(weights, "a checkpoint")
+
 st.title("Train")
 
 # --- what will be trained -----------------------------------------------------------------
@@ -27,8 +34,7 @@ with st.container(border=True):
     with st.container(horizontal=True, gap="large"):
         dataset = dataset_name(cfg.dataset)
         facts = [
-            ("Model", arch_spec(cfg.arch).label,
-             cfg.weights if not cfg.weights.startswith("run:") else "weights of " + cfg.weights, None),
+            ("Model", arch_spec(cfg.arch).label, weights_note(cfg.weights), f"Starting weights: {cfg.weights}"),
             ("Strategy", preset_label(cfg.preset), f"{trainable:,} trainable", None),
             ("Dataset", dataset, f"{cfg.num_classes} classes", cfg.dataset if dataset != cfg.dataset else None),
             ("Input", f"{cfg.image_size[0]}×{cfg.image_size[1]}",
@@ -138,7 +144,10 @@ def live_view(run_id: str) -> None:
         k1, k2, k3, k4 = st.columns(4)
         k1.metric("Validation accuracy", f"{last['val_acc']:.1%}")
         k2.metric("Train accuracy", f"{last['train_acc']:.1%}")
-        k3.metric("Images / s", f"{last['images_per_s']:.0f}")
+        k3.metric("Images / s", f"{last['images_per_s']:.0f}",
+                  help="Training images per second in the last epoch: its training pass only (validation excluded; "
+                       "a first epoch also computes the cached features). The run's summary divides all training "
+                       "images by all training time.")
         if str(snap.info.get("device", "")).startswith("cuda"):
             k4.metric("Peak GPU memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
                       help="torch.cuda.max_memory_allocated: the run's tensors, what the Model page estimates "

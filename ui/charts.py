@@ -15,12 +15,17 @@ MAX_POINTS = 600  # per series sent to the browser on each tick
 def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=40, b=10), height=300, uirevision="keep",
                       legend=dict(orientation="h", y=-0.2), **kwargs)
-    if not fig.data:  # before the first point: a word instead of empty axes with meaningless ranges
+    if not any(_has_points(trace) for trace in fig.data):  # a word instead of empty axes with meaningless ranges
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
         fig.add_annotation(text="Waiting for the first data…", showarrow=False, font=dict(size=14, color="#888"),
                            xref="paper", yref="paper", x=0.5, y=0.5)
     return fig
+
+
+def _has_points(trace) -> bool:
+    values = getattr(trace, "z", None) if getattr(trace, "type", "") == "heatmap" else getattr(trace, "x", None)
+    return values is not None and len(values) > 0
 
 
 def _thin(xs: list, ys: list) -> tuple[list, list]:
@@ -56,7 +61,8 @@ def accuracy_figure(metrics: dict) -> go.Figure:
     fig = go.Figure()
     fig.add_scatter(x=x, y=[e["train_acc"] for e in epochs], name="train", mode="lines+markers")
     fig.add_scatter(x=x, y=[e["val_acc"] for e in epochs], name="validation", mode="lines+markers")
-    return _layout(fig, "Accuracy", xaxis_title="epoch", yaxis=dict(range=[0, 1], tickformat=".0%"))
+    return _layout(fig, "Accuracy", xaxis=dict(title="epoch", tickformat="d", dtick=1),
+                   yaxis=dict(range=[0, 1], tickformat=".0%"))
 
 
 def per_class_figure(record: dict | None, classes: list[str]) -> go.Figure:
