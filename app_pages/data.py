@@ -106,10 +106,10 @@ try:
     )
     ds = load(ref, draft.seed, val_fraction, root_dir)
 except data.DatasetError as exc:
+    bar.empty()  # no empty "Downloading…" bar left under the error
     st.error(str(exc))
     st.stop()
-finally:
-    bar.empty()  # no empty "Downloading…" bar left under an error
+bar.empty()
 
 if (draft.dataset, draft.num_classes, draft.val_fraction) != (ds.ref, len(ds.classes), val_fraction):
     draft = update_draft(dataset=ds.ref, num_classes=len(ds.classes), val_fraction=val_fraction)

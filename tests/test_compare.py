@@ -113,3 +113,15 @@ def test_exports(records):
     assert metrics["epoch"].tolist() == [1, 2]
     assert {"val_acc", "val_loss", "epoch_time_s", "acc box", "acc disc", "acc wedge", "lr head"} <= set(metrics.columns)
     assert "confusion" not in metrics.columns
+
+
+def test_empty_charts_say_they_wait_and_a_class_without_images_says_so():
+    from ui import charts
+
+    empty = charts.accuracy_figure({"epochs": []})
+    assert [a.text for a in empty.layout.annotations] == ["Waiting for the first data…"]
+    assert empty.layout.xaxis.visible is False
+    drawn = charts.accuracy_figure({"epochs": [{"epoch": 1, "train_acc": 0.5, "val_acc": 0.4}]})
+    assert not drawn.layout.annotations
+    bars = charts.per_class_figure({"per_class_acc": [0.5, None]}, ["a", "b"])
+    assert list(bars.data[0].text) == ["50%", "no images"]

@@ -70,3 +70,32 @@ def test_bad_zip_shows_the_error_and_changes_nothing(at):
     assert at.session_state["draft"] == before
     at.file_uploader(key="data_zip").set_value(("junk.zip", b"not a zip at all", "application/zip")).run()
     assert "not a zip file" in at.error[0].value and at.session_state["draft"] == before
+
+
+def test_an_offline_download_leaves_its_message_and_no_empty_progress_bar(at, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvd, "CIFAR10", offline)
+    at.run()
+    at.radio(key="data_source").set_value("cifar10").run()
+    at.button(key="data_download").click().run()
+    assert not at.exception
+    assert any("internet connection" in e.value for e in at.error)
+    assert not at.get("progress")  # the "Downloading CIFAR-10…" bar is gone with the error
+    assert at.session_state["draft"].dataset == "demo-target:10"
+
+
+def test_a_class_in_one_split_only_is_said_on_the_page(at, tmp_path):
+    root = tmp_path / "ds"
+    for split, classes in (("train", ("a", "b")), ("val", ("a", "b", "c"))):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (i * 90, 10, 10)).save(root / split / c / f"{i}.png")
+    at.session_state["draft"] = RunConfig(dataset=str(root))
+    at.run()
+    assert not at.exception
+    assert any("**c**: no training images" in w.value for w in at.warning)

@@ -248,3 +248,12 @@ def test_the_first_run_panel_shows_until_there_is_a_run():
     get_manager().store.create(RunConfig())
     at.run()
     assert not any("Start here" in m.value for m in at.markdown)
+
+
+def test_ticking_every_box_by_hand_is_called_full_fine_tune_not_custom():
+    at = open_page(preset="head", frozen=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"))
+    assert metric(at, "Strategy") == "Head only"
+    edits = {i: {"train": True} for i in range(6)}
+    at.session_state["tree_overview@0"] = {"edited_rows": edits, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert at.session_state["draft"].frozen == () and metric(at, "Strategy") == "Full fine-tune"
