@@ -109,13 +109,12 @@ class Dataset:
         Such a class cannot be learned (no training images) or measured (no validation images):
         the pages and the command line say so, and its validation accuracy is "no images".
         """
-        counts = self.counts()
         gaps = {}
-        for row in counts.itertuples(index=False):
-            if not row.train:
-                gaps[row[0]] = "no training images"
-            elif not row.val:
-                gaps[row[0]] = "no validation images"
+        for name, train, val in self.counts().itertuples(index=False, name=None):
+            if not train:
+                gaps[name] = "no training images"
+            elif not val:
+                gaps[name] = "no validation images"
         return gaps
 
     def counts(self) -> pd.DataFrame:

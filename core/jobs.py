@@ -481,8 +481,8 @@ class JobManager:
         now = time.monotonic()
         self._recent = {k: v for k, v in self._recent.items() if now - v[0] < DUPLICATE_WINDOW_S}
         when, run_id = self._recent.get(key, (0.0, None))
-        job = self._jobs.get(run_id) if run_id else None
-        if run_id == "" or (job is not None and job.monitor.status not in TERMINAL):  # still being created, or in flight
+        job = self._jobs.get(run_id) if run_id else None  # None: still being created (its id may be known)
+        if run_id is not None and (job is None or job.monitor.status not in TERMINAL):
             raise ValueError(
                 f"This exact run was started {now - when:.0f} s ago ({run_id or 'being created'}); it is not "
                 "started twice. Change a setting (the seed, say) to start another one."

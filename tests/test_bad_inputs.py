@@ -1143,3 +1143,20 @@ def test_a_diverging_run_is_failed_not_finished(tmp_path, monkeypatch):
     assert outcome.status == "failed"
     assert re.fullmatch(r"The loss became (NaN|infinite) at step \d+: lower the learning rate .*", outcome.reason)
     assert not store.load(run_id).has_weights
+
+
+def test_a_runs_folder_that_cannot_be_written_is_a_message_on_the_train_page(tmp_path, monkeypatch, good_folder):
+    (tmp_path / "not-a-folder").write_text("x")
+    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "not-a-folder"))
+    get_manager.clear()
+    try:
+        at = AppTest.from_file(str(PAGES / "train.py"), default_timeout=60)
+        at.session_state["draft"] = RunConfig(dataset=str(good_folder), num_classes=2, image_size=(32, 32))
+        at.run()
+        at.button(key="FormSubmitter:train_form-Start training").click().run()
+        assert not at.exception
+        assert any("Cannot create a run in" in e for e in errors(at)), errors(at)
+        assert "run" not in at.query_params
+    finally:
+        get_manager().shutdown(wait=True, timeout=30)
+        get_manager.clear()
