@@ -97,14 +97,36 @@ if submitted:
 
 
 # --- the run --------------------------------------------------------------------------------
-def live_view(run_id: str) -> None:
+def fresh_snapshot(run_id: str):
+    """The run's snapshot with its metrics, and its four figures, rebuilt only when the run moved.
+
+    The live view reruns every second for every viewer: a cheap look (no curves copied) decides
+    whether anything changed; if not, the last snapshot and figures of this tab are reused.
+    """
+    head = manager.snapshot(run_id, with_metrics=False)
+    if head is None:
+        return None, None
+    moved = (run_id, head.status, head.step, head.epoch, head.name)
+    cached = st.session_state.get("train_view")
+    if cached is not None and cached[0] == moved:
+        return cached[1], cached[2]
     snap = manager.snapshot(run_id)
+    epochs = snap.metrics.get("epochs", [])
+    last = epochs[-1] if epochs else None
+    classes = snap.info.get("classes") or snap.summary.get("classes") or []
+    figures = (charts.loss_figure(snap.metrics), charts.accuracy_figure(snap.metrics),
+               charts.per_class_figure(last, classes), charts.confusion_figure(last, classes))
+    st.session_state["train_view"] = (moved, snap, figures)
+    return snap, figures
+
+
+def live_view(run_id: str) -> None:
+    snap, figures = fresh_snapshot(run_id)
     if snap is None:
         st.warning(f"There is no run {run_id!r}.")
         return
     st.subheader(f"Run: {snap.name}")
     st.caption(f"id `{snap.id}` · {snap.status}")
-    classes = snap.info.get("classes") or snap.summary.get("classes") or []
 
     if snap.status == "queued":
         st.info(f"Queued: position {snap.queue_position} — one run trains at a time on this device.",
@@ -168,10 +190,11 @@ def live_view(run_id: str) -> None:
         st.caption(f":material/memory: Feature cache: {text}")
 
     left, right = st.columns(2)
-    left.plotly_chart(charts.loss_figure(snap.metrics), key="train_loss_chart", width="stretch")
-    right.plotly_chart(charts.accuracy_figure(snap.metrics), key="train_acc_chart", width="stretch")
-    left.plotly_chart(charts.per_class_figure(last, classes), key="train_class_chart", width="stretch")
-    right.plotly_chart(charts.confusion_figure(last, classes), key="train_confusion_chart", width="stretch")
+    loss, accuracy, per_class, confusion = figures
+    left.plotly_chart(loss, key="train_loss_chart", width="stretch")
+    right.plotly_chart(accuracy, key="train_acc_chart", width="stretch")
+    left.plotly_chart(per_class, key="train_class_chart", width="stretch")
+    right.plotly_chart(confusion, key="train_confusion_chart", width="stretch")
 
     audit = snap.summary.get("freeze_audit")
     if snap.status == "finished" and audit:

@@ -1,24 +1,21 @@
-"""Background training: a FIFO queue and one worker thread per device.
+"""Background training: a FIFO queue and one supervising thread per device.
 
 The Streamlit app makes one `JobManager` per server process (with
 `st.cache_resource`) and every browser session shares it: `submit` a
 `RunConfig`, poll `snapshot(run_id)` from a fragment, `cancel` it. The
-manager is thread-safe (one lock); its worker never calls `st.*`.
+manager is thread-safe (one lock); its thread never calls `st.*`.
 
-The training engine (`core.training.train`) talks to the outside world only
-through the small interface defined here, and imports it from this module:
+The thread queues, supervises, relays and records; the training itself runs
+in a worker process (`core.worker.ProcessTrainer`, the default `train_fn`),
+so that neither the viewers' page reruns (which hold the server's GIL) nor a
+crash in training reach each other. The engine reports through the interface
+of `core.events` (`Monitor`, `RunCancelled`): the thread hands the worker's
+reports to the run's `RunMonitor`, the in-memory live copy that `snapshot`
+reads, and the store.
 
-- `Monitor`: the protocol the engine reports to (`on_start`, `on_step`,
-  `on_epoch`) and asks whether to stop (`should_stop`, checked between
-  batches).
-- `RunCancelled`: what the engine raises when `should_stop()` is true. It is
-  caught in one place, `execute`, which records the run as "cancelled"
-  (fastai's `CancelFitException` pattern): the training loop itself stays
-  straight.
-
-`execute(store, run_id, ...)` is the worker's whole body and is a plain
-function, so the command line (`python -m core.train`) runs a job the same
-way, synchronously::
+`execute(store, run_id, ...)` is the thread's whole body for one run and is a
+plain function, so the command line (`python -m core.train`) runs a job the
+same way, synchronously and in its own process::
 
     store = RunStore()
     run_id = store.create(config)
@@ -38,12 +35,13 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Callable, NamedTuple, Protocol
 
 import torch
 
 from core.config import RunConfig
 from core.devices import pick_device, training_threads
+from core.events import Monitor, RunCancelled, TrainingProcessDied
 from core.freezing import output_shapes
 from core.models import arch_spec, build_skeleton, checkpoint_report, read_state_dict
 from core.runs import (
@@ -55,6 +53,8 @@ from core.runs import (
     TERMINAL,
     RunStore,
 )
+from core.training import train
+from core.worker import ProcessTrainer
 
 log = logging.getLogger(__name__)
 
@@ -65,34 +65,6 @@ DUPLICATE_WINDOW_S = 10.0  # the same owner submitting the same config and name 
 
 
 # --- the engine's interface ----------------------------------------------------------
-
-
-class RunCancelled(Exception):
-    """Raised by the training engine when `monitor.should_stop()` turns true.
-
-    `execute` catches it and records the run as "cancelled"; metrics so far
-    are kept, weights are not saved.
-    """
-
-
-@runtime_checkable
-class Monitor(Protocol):
-    """What the training engine reports to while it trains."""
-
-    def on_start(self, info: dict) -> None:
-        """Once, before the first batch. Keys include total_steps, epochs, classes,
-        device, param_groups, feature_cache."""
-
-    def on_step(self, step: int, epoch: int, loss: float) -> None:
-        """After every optimizer step: `step` is the global step count so far
-        (1 after the first batch, `total_steps` after the last)."""
-
-    def on_epoch(self, record: dict) -> None:
-        """After each epoch's validation. Keys: epoch, train_loss, train_acc, val_loss,
-        val_acc, per_class_acc, confusion, epoch_time_s, images_per_s, peak_mem_bytes, lr."""
-
-    def should_stop(self) -> bool:
-        """Checked between batches; when true the engine raises `RunCancelled`."""
 
 
 class TrainResult(Protocol):
@@ -236,7 +208,7 @@ def execute(
     training failure (KeyError if `run_id` is unknown).
 
     Marks the run running, calls `train_fn(config, monitor, device=..., runs_dir=store.root)`
-    (default `core.training.train`), saves `result.state_dict` and `result.summary`, and
+    (default `core.training.train`, in this process), saves `result.state_dict` and `result.summary`, and
     marks it finished. `RunCancelled` -> "cancelled"; any other exception -> "failed" with a
     one-line reason and the traceback in traceback.txt. Metrics so far are kept either way,
     and memory is released (`gc.collect()`, CUDA cache emptied) before returning.
@@ -244,6 +216,7 @@ def execute(
     config = store.load(run_id).config
     device = device or pick_device()
     monitor = monitor or RunMonitor(store, run_id)
+    train_fn = train_fn or train
     summary = outcome = None
     try:
         try:
@@ -251,8 +224,6 @@ def execute(
             store.set_status(run_id, RUNNING)
             if monitor.should_stop():
                 raise RunCancelled(monitor.stop_reason or "cancelled before it started")
-            if train_fn is None:
-                from core.training import train as train_fn  # lazy: heavy, and optional for tests
             summary = _train_and_save(store, run_id, config, train_fn, device, monitor)
             outcome = Outcome(FINISHED, None)
         except RunCancelled as exc:
@@ -297,6 +268,8 @@ def _record(store: RunStore, run_id: str, monitor: RunMonitor, outcome: Outcome,
 def failure_reason(exc: BaseException) -> str:
     """A short, one-line reason for the UI (the full traceback goes to traceback.txt)."""
     text = str(exc).strip()
+    if isinstance(exc, TrainingProcessDied):
+        return text
     lowered = text.lower()
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in lowered:
         return OOM_REASON
@@ -414,11 +387,8 @@ class JobManager:
         self.device = device or pick_device()
         # On the CPU, the threads training uses (`training_threads`: one core is left to the app's server).
         self.threads = threads or training_threads()
-        if train_fn is None:
-            # Import the engine here, in the constructing thread: importing it (torchvision, pandas)
-            # from the worker raced with page threads that saw half-imported modules.
-            from core.training import train as train_fn
-        self._train_fn = train_fn
+        # By default every run trains in a worker process; tests may pass an engine of their own.
+        self._train_fn = train_fn or ProcessTrainer(self.threads if self.device.type == "cpu" else None)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, _Job] = {}  # queued, running and recently finished
@@ -598,6 +568,8 @@ class JobManager:
             self._record_cancelled(job)
         if wait and worker is not None and worker is not threading.current_thread():
             worker.join(timeout)
+        if isinstance(self._train_fn, ProcessTrainer) and (worker is None or not worker.is_alive()):
+            self._train_fn.close()
 
     # --- internals --------------------------------------------------------------------------------
     def _start_worker(self) -> None:  # under the lock
@@ -607,8 +579,6 @@ class JobManager:
             self._worker.start()
 
     def _work(self) -> None:
-        if self.device.type == "cpu":
-            torch.set_num_threads(self.threads)  # process-wide: the server's own torch work shares the rest
         while True:
             with self._changed:
                 while not self._queue and not self._closed:

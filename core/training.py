@@ -1,8 +1,9 @@
 """One fine-tuning run: data on the device, the loop, metrics, the freeze audit.
 
 `train(config, monitor, *, device, runs_dir) -> TrainResult` is the whole
-engine. The job manager calls it in a worker thread (`core.jobs.execute`), and
-so does the command line (`python -m core.train`), through the same function.
+engine. The app's job manager calls it in a worker process (`core.worker`),
+the command line (`python -m core.train`) in its own process, through the
+same `core.jobs.execute`.
 It reads like the torchvision classification reference: `build_optimizer`,
 `train_one_epoch`, `evaluate`, and a straight loop over epochs.
 
@@ -52,7 +53,8 @@ Fault injection (for tests of the failure paths)
     at a global training step (1 = the first batch):
 
     - ``oom@<step>``: raise ``torch.OutOfMemoryError("CUDA out of memory (simulated) ...")``,
-    - ``error@<step>``: raise ``RuntimeError("simulated failure ...")``.
+    - ``error@<step>``: raise ``RuntimeError("simulated failure ...")``,
+    - ``segfault@<step>``: the process kills itself with SIGSEGV, as a native crash would.
 
     It is read when a run starts; anything else in the variable is an error.
 """
@@ -63,6 +65,7 @@ import math
 import os
 import re
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -91,7 +94,7 @@ from core.features import (
     run_chain,
     save_features,
 )
-from core.jobs import Monitor, RunCancelled
+from core.events import Monitor, RunCancelled
 from core.models import prepare_model
 
 FAULT_ENV = "FREEZE_LAB_FAULT"
@@ -270,14 +273,16 @@ class _Fault:
 
     def __init__(self, spec: str | None) -> None:
         spec = (spec or "").strip()
-        m = re.fullmatch(r"(oom|error)@(\d+)", spec)
+        m = re.fullmatch(r"(oom|error|segfault)@(\d+)", spec)
         if spec and not m:
-            raise ValueError(f"{FAULT_ENV}={spec!r}: expected 'oom@<step>' or 'error@<step>'")
+            raise ValueError(f"{FAULT_ENV}={spec!r}: expected 'oom@<step>', 'error@<step>' or 'segfault@<step>'")
         self.kind, self.step = (m.group(1), int(m.group(2))) if m else (None, -1)
 
     def check(self, step: int) -> None:
         if step != self.step:
             return
+        if self.kind == "segfault":  # the process dies as a native crash kills it: only the worker may
+            os.kill(os.getpid(), signal.SIGSEGV)
         if self.kind == "oom":
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (simulated by {FAULT_ENV} at step {step}). Tried to allocate 2.00 GiB."

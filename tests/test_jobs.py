@@ -427,19 +427,17 @@ def _until(condition, timeout=TIMEOUT):
         time.sleep(0.002)
 
 
-def test_default_engine_is_imported_by_the_constructing_thread_not_the_worker(tmp_path):
-    """Regression: the worker used to import core.training (and with it pandas) lazily in its own
-    thread. A page thread that used plotly at that moment saw a half-imported pandas in sys.modules
-    ("partially initialized module 'pandas' has no attribute 'Series'") and crashed. The manager
-    now resolves the engine in the thread that builds it, before any worker exists."""
+def test_by_default_runs_train_in_a_worker_process_and_no_module_is_imported_late(tmp_path):
+    """The engine's modules come with core.jobs (its thread never imports one lazily: a page thread once
+    saw a half-imported pandas that way), and the default engine is the worker process of core.worker."""
     import sys
 
-    import core.training
+    from core.worker import ProcessTrainer
 
+    assert "core.training" in sys.modules and hasattr(sys.modules["pandas"], "Series")
     manager = JobManager(RunStore(tmp_path / "runs"))
     try:
-        assert manager._train_fn is core.training.train
-        assert "pandas" in sys.modules and hasattr(sys.modules["pandas"], "Series")
+        assert isinstance(manager._train_fn, ProcessTrainer) and manager._train_fn.pid is None  # started on demand
     finally:
         manager.shutdown()
 

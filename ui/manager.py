@@ -8,7 +8,12 @@ from core.jobs import JobManager
 from core.runs import RunStore
 
 
-@st.cache_resource
+def _release(manager: JobManager) -> None:
+    """When the cached manager is dropped: refuse new runs, stop the running one, end the training process."""
+    manager.shutdown(wait=True, timeout=30)
+
+
+@st.cache_resource(on_release=_release)
 def get_manager() -> JobManager:
     # Keep this factory trivial: editing it makes a new cache entry and orphans running threads.
     return JobManager(RunStore())

@@ -1,0 +1,193 @@
+"""Training in a worker process, supervised by the job manager's thread.
+
+The app's server never trains in its own process. Measured on main (2-core CPU, ResNet-18 at 64 px):
+three viewers' one-second fragment reruns, and Streamlit's full garbage collection after each, made a
+run 24x slower by holding the GIL; and a crash in training (a segfault, the OOM killer) took every
+session down with the server.
+
+`ProcessTrainer` is a `TrainFn` (`core.jobs.execute` calls it as it calls `core.training.train`): it
+hands one `RunConfig` at a time to a long-lived worker process (started with ``spawn``, CUDA-safe,
+reused across runs so a run does not pay torch's import), relays the worker's start, step and epoch
+reports to the run's `Monitor` in the calling thread, and returns the trained weights, which the
+caller saves: the run store stays the only writer of run folders. Stop reaches the worker through a
+shared event checked between batches. A worker that dies (a signal, the OOM killer, ``kill -9``)
+fails only its run (`TrainingProcessDied`: "the training process died: signal 11 (SIGSEGV)"); the
+next run starts a fresh worker, and the device memory went with the process.
+
+The protocol, over one duplex pipe (the calling thread sends, the worker answers)::
+
+    ("run", config dict, device, runs dir, FREEZE_LAB_* environment)
+        -> ("start", info) ("step", step, epoch, loss)... ("epoch", record)... then
+           ("done", summary, state dict) or ("error", exception, traceback text)
+    ("quit",)
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import threading
+import traceback
+from pathlib import Path
+
+import torch
+
+from core.config import RunConfig
+from core.events import Monitor, TrainingProcessDied
+from core.training import TrainResult, train
+
+ENV_PREFIX = "FREEZE_LAB_"  # the environment a run reads (data folder, fault injection): sent with each run
+POLL_S = 0.1  # how often the supervising thread looks at the stop request and the worker's health
+
+
+class ProcessTrainer:
+    """Train runs in one worker process (started on the first run, restarted after a death)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads  # torch threads in the worker on the CPU (None: torch's default)
+        self._ctx = mp.get_context("spawn")
+        self._lock = threading.Lock()  # one run at a time; the job manager runs one anyway
+        self._proc = None
+        self._conn = None
+        self._stop = None
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while it lives."""
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+
+    def __call__(self, config: RunConfig, monitor: Monitor, *, device: torch.device, runs_dir: Path):
+        with self._lock:
+            conn, stop = self._ready()
+            stop.clear()
+            env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+            conn.send(("run", config.to_dict(), str(device), str(runs_dir), env))
+            while True:
+                if monitor.should_stop():
+                    stop.set()  # the worker raises RunCancelled at its next batch boundary
+                if not conn.poll(POLL_S):
+                    if not self._proc.is_alive():
+                        raise self._died()
+                    continue
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    raise self._died() from None
+                kind, *payload = message
+                if kind == "step":
+                    monitor.on_step(*payload)
+                elif kind == "epoch":
+                    monitor.on_epoch(payload[0])
+                elif kind == "start":
+                    monitor.on_start(payload[0])
+                elif kind == "done":
+                    return TrainResult(summary=payload[0], state_dict=payload[1])
+                elif kind == "error":
+                    exc, remote_traceback = payload
+                    exc.add_note(f"In the training process:\n{remote_traceback}")
+                    raise exc
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the worker to quit (it is ended if it does not)."""
+        with self._lock:
+            if self._proc is None:
+                return
+            try:
+                self._conn.send(("quit",))
+            except (OSError, ValueError):
+                pass
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout)
+            self._conn.close()
+            self._proc = self._conn = self._stop = None
+
+    def _ready(self):
+        """The live worker's pipe and stop event, starting a worker when there is none."""
+        if self._proc is None or not self._proc.is_alive():
+            parent, child = self._ctx.Pipe()
+            self._stop = self._ctx.Event()
+            self._proc = self._ctx.Process(target=serve, args=(child, self._stop, self.threads),
+                                           name="freeze-lab-trainer", daemon=True)
+            self._proc.start()
+            child.close()
+            self._conn = parent
+        return self._conn, self._stop
+
+    def _died(self) -> TrainingProcessDied:
+        self._proc.join(5)
+        code = self._proc.exitcode
+        self._conn.close()
+        self._proc = self._conn = self._stop = None
+        if code is not None and code < 0:
+            how = f"signal {-code} ({signal.Signals(-code).name})"
+        else:
+            how = f"exit status {code}"
+        hint = "; the system kills a process so when memory runs short" if code == -signal.SIGKILL else ""
+        return TrainingProcessDied(f"the training process died: {how}{hint}")
+
+
+# --- the worker process ------------------------------------------------------------------------------
+
+
+class _PipeMonitor:
+    """The `Monitor` the engine reports to inside the worker: every report goes down the pipe."""
+
+    def __init__(self, conn, stop) -> None:
+        self.conn, self.stop = conn, stop
+
+    def on_start(self, info: dict) -> None:
+        self.conn.send(("start", {**info, "worker_pid": os.getpid()}))
+
+    def on_step(self, step: int, epoch: int, loss: float) -> None:
+        self.conn.send(("step", step, epoch, loss))
+
+    def on_epoch(self, record: dict) -> None:
+        self.conn.send(("epoch", record))
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set()
+
+
+def serve(conn, stop, threads: int | None) -> None:
+    """The worker's whole life: train each run it is sent, until "quit" or the server is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the server's terminal is the server's to handle
+    if threads:
+        torch.set_num_threads(threads)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the server went away
+        if message[0] == "quit":
+            return
+        _, config, device, runs_dir, env = message
+        for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+            del os.environ[key]
+        os.environ.update(env)
+        try:
+            result = train(RunConfig.from_dict(config), _PipeMonitor(conn, stop), device=torch.device(device),
+                           runs_dir=Path(runs_dir))
+            conn.send(("done", result.summary, result.state_dict))
+        except Exception as exc:
+            remote_traceback = traceback.format_exc()
+            conn.send(("error", _portable(exc), remote_traceback))
+        finally:
+            result = None
+            gc.collect()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+
+
+def _portable(exc: Exception) -> Exception:
+    """`exc` itself when it survives pickling (its type and message reach the run's record), else a
+    RuntimeError that keeps its type's name and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
