@@ -128,3 +128,24 @@ def test_a_restart_during_a_run_shows_it_interrupted_with_its_metrics(servers, p
     record = RunStore(second.runs_dir).load(run_id)
     assert (record.status, record.reason) == ("interrupted", INTERRUPTED_REASON)
     assert record.metrics["epochs"] == metrics["epochs"]  # nothing lost, nothing added
+
+
+def test_a_crash_in_the_training_process_fails_its_run_and_the_server_answers(servers, page, shots):
+    """A segfault in training (a native crash, the OOM killer) used to take the server and every session
+    with it: training now runs in a worker process, so only the run fails and the next one starts a fresh
+    worker."""
+    crash_step = 2 * STEPS_PER_EPOCH + 4  # in epoch 3
+    server = servers({"FREEZE_LAB_FAULT": f"segfault@{crash_step}"})
+    open_train_small(page, server)
+    doomed = start_run(page, name="crashing run", epochs=4)
+    nxt = start_run(page, name="after the crash", epochs=2)  # 16 steps: the crash never comes for it
+    expect(page.get_by_text("Freeze audit passed")).to_be_visible(timeout=LONG)
+    open_train(page, server, doomed)  # a fresh page load: the server answers
+    failed = page.get_by_test_id("stAlert").filter(has_text="This run failed.")
+    expect(failed).to_contain_text("the training process died: signal 11 (SIGSEGV)")
+    page.wait_for_timeout(1000)
+    page.screenshot(path=shots / "crashed_run.png", full_page=True)
+    store = RunStore(server.runs_dir)
+    assert store.load(doomed).metrics["epochs"]  # two epochs of metrics were kept
+    assert store.load(nxt).status == "finished"
+    assert server.proc.poll() is None  # the server process never died
