@@ -42,7 +42,7 @@ RUN_COLUMNS = {
     "images/s": st.column_config.NumberColumn(format="%.0f"),
     "peak memory (MiB)": st.column_config.NumberColumn(
         "peak MiB", format="%.0f", help="Peak memory in MiB: on a GPU the run's tensors (torch.cuda.max_memory_allocated), "
-                               "on the CPU the app process's resident memory"),
+                               "on the CPU the training process's peak resident memory"),
     "trainable params": st.column_config.NumberColumn(
         "trainable", format="localized", help="Trainable parameters"),
 }

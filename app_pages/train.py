@@ -180,8 +180,9 @@ def live_view(run_id: str) -> None:
                            "(plus cuDNN and cuBLAS workspaces, which the estimate leaves out).")
         else:
             k4.metric("Peak process memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
-                      help="The app process's peak resident memory (the interpreter, libraries and every run "
-                           "so far included). The Model page's estimate counts the run's tensors only.")
+                      help="The training process's peak resident memory (the interpreter, libraries and every run "
+                           "that process trained so far included). The Model page's estimate counts the run's "
+                           "tensors only.")
     cache = snap.summary.get("feature_cache") or snap.info.get("feature_cache")
     if cache:
         if not cache.get("used"):

@@ -22,7 +22,7 @@ class RunCancelled(Exception):
 
 class TrainingProcessDied(RuntimeError):
     """The process training a run ended without an answer (a signal, the OOM killer); the message,
-    "the training process died: …", is what the run's record says."""
+    "The training process died: …", is what the run's record says."""
 
 
 @runtime_checkable

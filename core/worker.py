@@ -11,7 +11,7 @@ reused across runs so a run does not pay torch's import), relays the worker's st
 reports to the run's `Monitor` in the calling thread, and returns the trained weights, which the
 caller saves: the run store stays the only writer of run folders. Stop reaches the worker through a
 shared event checked between batches. A worker that dies (a signal, the OOM killer, ``kill -9``)
-fails only its run (`TrainingProcessDied`: "the training process died: signal 11 (SIGSEGV)"); the
+fails only its run (`TrainingProcessDied`: "The training process died: signal 11 (SIGSEGV)"); the
 next run starts a fresh worker, and the device memory went with the process.
 
 The protocol, over one duplex pipe (the calling thread sends, the worker answers)::
@@ -128,7 +128,7 @@ class ProcessTrainer:
         else:
             how = f"exit status {code}"
         hint = "; the system kills a process so when memory runs short" if code == -signal.SIGKILL else ""
-        return TrainingProcessDied(f"the training process died: {how}{hint}")
+        return TrainingProcessDied(f"The training process died: {how}{hint}")
 
 
 # --- the worker process ------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_a_killed_worker_fails_only_its_run_and_the_next_run_finishes(folder, ma
     os.kill(snap.info["worker_pid"], signal.SIGKILL)
     assert manager.wait(long, TIMEOUT) == runs.FAILED
     record = manager.store.load(long)
-    assert record.reason == ("the training process died: signal 9 (SIGKILL); the system kills a process so when "
+    assert record.reason == ("The training process died: signal 9 (SIGKILL); the system kills a process so when "
                              "memory runs short")
     assert record.metrics["steps"]  # its metrics so far are kept
     after = manager.submit(config(folder, seed=2))  # a fresh worker
@@ -105,7 +105,7 @@ def test_a_segfault_in_training_fails_the_run_not_the_server(folder, manager, mo
     monkeypatch.setenv("FREEZE_LAB_FAULT", "segfault@2")  # sent to the worker with the run
     crashed = manager.submit(config(folder))
     assert manager.wait(crashed, TIMEOUT) == runs.FAILED
-    assert manager.store.load(crashed).reason == "the training process died: signal 11 (SIGSEGV)"
+    assert manager.store.load(crashed).reason == "The training process died: signal 11 (SIGSEGV)"
     monkeypatch.delenv("FREEZE_LAB_FAULT")
     fine = manager.submit(config(folder, seed=4))
     assert manager.wait(fine, TIMEOUT) == runs.FINISHED

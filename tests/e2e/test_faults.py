@@ -142,7 +142,7 @@ def test_a_crash_in_the_training_process_fails_its_run_and_the_server_answers(se
     expect(page.get_by_text("Freeze audit passed")).to_be_visible(timeout=LONG)
     open_train(page, server, doomed)  # a fresh page load: the server answers
     failed = page.get_by_test_id("stAlert").filter(has_text="This run failed.")
-    expect(failed).to_contain_text("the training process died: signal 11 (SIGSEGV)")
+    expect(failed).to_contain_text("The training process died: signal 11 (SIGSEGV)")
     page.wait_for_timeout(1000)
     page.screenshot(path=shots / "crashed_run.png", full_page=True)
     store = RunStore(server.runs_dir)
