@@ -379,7 +379,7 @@ def check_weights(config: RunConfig, store: RunStore, skeleton: torch.nn.Module 
 
 
 class JobManager:
-    """Queue of runs for one device, trained one at a time by one daemon worker thread."""
+    """Queue of runs for one device, trained one at a time in a worker process that its thread supervises."""
 
     def __init__(self, store: RunStore, train_fn: TrainFn | None = None, device: torch.device | None = None,
                  threads: int | None = None) -> None:
