@@ -334,12 +334,13 @@ class RunStore:
         Call once at start-up, before any worker starts (the JobManager does).
         A run whose process is still alive elsewhere (a command-line run on
         this machine) is left alone; every other one in flight, this process's
-        own included (a fresh manager holds none of them), is marked. Their
-        metrics so far stay. Returns the ids changed.
+        own included (a fresh manager holds none of them) and one written
+        before runs recorded their process, is marked. Their metrics so far
+        stay. Returns the ids changed.
         """
         me = this_process()
         return [r.id for r in self.list()
-                if r.status in ACTIVE and (r.process == me or not process_alive(r.process))
+                if r.status in ACTIVE and (r.process in (None, me) or not process_alive(r.process))
                 and self._interrupt(r.id, INTERRUPTED_REASON)]
 
     def reap(self, record: RunRecord) -> RunRecord:

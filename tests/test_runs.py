@@ -311,3 +311,15 @@ def test_a_run_other_runs_start_from_cannot_be_deleted(tmp_path):
     store.delete(child)
     store.delete(base)
     assert not store.list()
+
+
+def test_a_run_written_before_runs_recorded_their_process_is_still_marked_at_start_up(store):
+    old = store.create(CONFIG)
+    store.set_status(old, runs.RUNNING)
+    path = store.root / old / "run.json"
+    meta = json.loads(path.read_text())
+    del meta["process"]
+    path.write_text(json.dumps(meta))
+    assert store.load(old).process is None
+    assert store.reap(store.load(old)).status == runs.RUNNING  # while the app runs: nothing can be said
+    assert store.mark_interrupted() == [old]  # at start-up: as before, in flight means interrupted
