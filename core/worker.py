@@ -64,31 +64,34 @@ class ProcessTrainer:
             conn, stop = self._ready()
             stop.clear()
             env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-            conn.send(("run", config.to_dict(), str(device), str(runs_dir), env))
-            while True:
-                if monitor.should_stop():
-                    stop.set()  # the worker raises RunCancelled at its next batch boundary
-                if not conn.poll(POLL_S):
-                    if not self._proc.is_alive():
-                        raise self._died()
-                    continue
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    raise self._died() from None
-                kind, *payload = message
-                if kind == "step":
-                    monitor.on_step(*payload)
-                elif kind == "epoch":
-                    monitor.on_epoch(payload[0])
-                elif kind == "start":
-                    monitor.on_start(payload[0])
-                elif kind == "done":
-                    return TrainResult(summary=payload[0], state_dict=payload[1])
-                elif kind == "error":
-                    exc, remote_traceback = payload
-                    exc.add_note(f"In the training process:\n{remote_traceback}")
-                    raise exc
+            answered = False  # the worker ended the run itself (done, error): it waits for the next one
+            try:
+                self._talk(conn.send, ("run", config.to_dict(), str(device), str(runs_dir), env))
+                while True:
+                    if monitor.should_stop():
+                        stop.set()  # the worker raises RunCancelled at its next batch boundary
+                    if not self._talk(conn.poll, POLL_S):
+                        if not self._proc.is_alive():
+                            raise self._died()
+                        continue
+                    kind, *payload = self._talk(conn.recv)
+                    if kind == "step":
+                        monitor.on_step(*payload)
+                    elif kind == "epoch":
+                        monitor.on_epoch(payload[0])
+                    elif kind == "start":
+                        monitor.on_start(payload[0])
+                    elif kind == "done":
+                        answered = True
+                        return TrainResult(summary=payload[0], state_dict=payload[1])
+                    elif kind == "error":
+                        answered = True
+                        exc, remote_traceback = payload
+                        exc.add_note(f"In the training process:\n{remote_traceback}")
+                        raise exc
+            finally:
+                if not answered and self._proc is not None:
+                    self._discard()  # left mid-run (a failing monitor, ...): its state is unknown, start afresh
 
     def close(self, timeout: float = 10.0) -> None:
         """Ask the worker to quit (it is ended if it does not)."""
@@ -117,6 +120,20 @@ class ProcessTrainer:
             child.close()
             self._conn = parent
         return self._conn, self._stop
+
+    def _talk(self, call, *args):
+        """One operation on the pipe; a broken pipe means the worker is gone."""
+        try:
+            return call(*args)
+        except (EOFError, OSError):
+            raise self._died() from None
+
+    def _discard(self) -> None:
+        """End the worker at once (under the lock): the next run starts a fresh one."""
+        self._proc.kill()
+        self._proc.join(10)
+        self._conn.close()
+        self._proc = self._conn = self._stop = None
 
     def _died(self) -> TrainingProcessDied:
         self._proc.join(5)

@@ -142,3 +142,28 @@ def test_an_error_in_the_worker_keeps_its_type_message_and_traceback(folder, man
     assert manager.store.load(run_id).reason == "RuntimeError: simulated failure (FREEZE_LAB_FAULT at step 1)"
     trace = manager.store.read_traceback(run_id)
     assert "In the training process:" in trace and "train_one_epoch" in trace
+
+
+def test_a_run_left_mid_way_by_its_supervisor_does_not_leave_the_worker_out_of_step(folder, tmp_path):
+    """If the supervising side fails mid-run (here its monitor raises at the third step), the worker, whose
+    state is then unknown, is ended: the next run gets a fresh one and its own reports, not the old run's."""
+    trainer = ProcessTrainer(threads=1)
+    store = RunStore(tmp_path / "runs")
+
+    class Failing(RunMonitor):
+        def on_step(self, step, epoch, loss):
+            if step == 3:
+                raise OSError(28, "No space left on device")
+            super().on_step(step, epoch, loss)
+
+    try:
+        first = store.create(config(folder, epochs=50))
+        with pytest.raises(OSError, match="No space left"):
+            trainer(store.load(first).config, Failing(store, first), device=torch.device("cpu"), runs_dir=store.root)
+        assert trainer.pid is None
+        second = store.create(config(folder, seed=7))
+        monitor = RunMonitor(store, second)
+        result = trainer(store.load(second).config, monitor, device=torch.device("cpu"), runs_dir=store.root)
+        assert result.summary["epochs"] == 1 and [s[0] for s in monitor.metrics()["steps"]] == list(range(1, 4))
+    finally:
+        trainer.close()
