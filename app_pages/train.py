@@ -110,7 +110,7 @@ def fresh_snapshot(run_id: str):
     head = manager.snapshot(run_id, with_metrics=False)
     if head is None:
         return None, None
-    moved = (run_id, head.status, head.step, head.epoch, head.name)
+    moved = (run_id, head.status, head.step, head.epochs_done, head.name)
     cached = st.session_state.get("train_view")
     if cached is not None and cached[0] == moved:
         return cached[1], cached[2]

@@ -309,6 +309,7 @@ class RunSnapshot:
     total_steps: int | None
     epoch: int  # latest epoch reported
     epochs: int | None
+    epochs_done: int  # epoch records so far (an epoch's validation ends after its last step)
     progress: float  # 0..1
     eta_s: float | None  # seconds left while running, from elapsed / progress
     elapsed_s: float | None  # since it started running
@@ -509,6 +510,7 @@ class JobManager:
             total_steps=total_steps,
             epoch=epoch,
             epochs=epochs,
+            epochs_done=len(records),
             progress=progress,
             eta_s=_eta(record.status, elapsed, progress),
             elapsed_s=elapsed,
@@ -632,6 +634,7 @@ class JobManager:
             total_steps=m.total_steps,
             epoch=m.epoch,
             epochs=m.epochs or job.config.epochs,
+            epochs_done=len(m._epochs),
             progress=progress,
             eta_s=_eta(m.status, trained, progress),
             elapsed_s=elapsed,

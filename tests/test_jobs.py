@@ -462,3 +462,31 @@ def test_the_same_submission_twice_while_the_first_is_in_flight_is_refused(store
     again = manager.submit(cfg("a"), owner="tab1", name="mine")  # once the first is done, on purpose
     assert manager.wait(again, TIMEOUT) == runs.FINISHED
     assert len(store.list()) == 4
+
+
+def test_a_snapshot_counts_epoch_records_so_a_view_sees_an_epoch_end_without_a_new_step(store, manager_for):
+    """The live view redraws when the run moved; an epoch's validation ends after its last step, so the
+    step alone does not say that a new point exists (the last epoch's point waited for "finished")."""
+    stepped, ended, release = threading.Event(), threading.Event(), threading.Event()
+
+    def engine(config, monitor, **kwargs):
+        monitor.on_start({"total_steps": 1, "epochs": 1})
+        monitor.on_step(1, 1, 0.5)
+        stepped.set()
+        release.wait(30)
+        monitor.on_epoch({"epoch": 1, "val_acc": 0.5})
+        release.clear()
+        ended.set()
+        release.wait(30)
+        return Engine()(config, monitor, **kwargs)
+
+    manager = manager_for(engine)
+    run_id = manager.submit(cfg("a"))
+    assert stepped.wait(30)
+    before = manager.snapshot(run_id, with_metrics=False)
+    release.set()
+    assert ended.wait(30)
+    after = manager.snapshot(run_id, with_metrics=False)
+    assert (before.step, before.epochs_done) == (1, 0) and (after.step, after.epochs_done) == (1, 1)
+    release.set()
+    assert manager.wait(run_id, TIMEOUT) == runs.FINISHED
