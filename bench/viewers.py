@@ -8,9 +8,10 @@ the viewers on `/train?run=<id>`, and measure while it trains:
   epoch 5 on, another user's page actions run beside it, below),
 - the slowdown against no viewer,
 - the CPU of the server's own process and of its training process (percent of one core),
-- the update lag: the time from an epoch's record reaching the run store (metrics.json) to the
-  epoch's point showing in the first viewer's accuracy chart (p50 and p90 over the epochs),
-- the update lag is taken from the file's modification time to the moment the point is seen,
+- the update lag: the time from an epoch's record reaching the run's supervising thread (its
+  `logged_at`, the moment it also goes to metrics.json) to the epoch's point showing in the first
+  viewer's accuracy chart (p50 and p90 over the epochs),
+  taken over epochs 2+ (the viewers open as the run starts; epoch 1 may end before a page loaded),
 - every page action of another user while the run trains and the viewers watch (after epoch 4):
   opening the Train page, the Model page, applying a preset (a change of the layers that train);
   each until what it shows is there and the page is idle again.
@@ -128,7 +129,6 @@ def measure(browser, n: int, epochs: int, workdir: Path, data_dir: Path) -> dict
         disk_seen, ui_seen, actions = {}, {}, None
         cpu0 = (time.monotonic(), cpu_seconds(server.proc.pid), None)
         worker = None
-        metrics_file = server.runs_dir / run_id / "metrics.json"
         while True:
             now = time.monotonic()
             metrics = read_metrics(server, run_id)
@@ -136,8 +136,8 @@ def measure(browser, n: int, epochs: int, workdir: Path, data_dir: Path) -> dict
             worker = worker or (metrics.get("info") or {}).get("worker_pid")
             if worker and cpu0[2] is None:
                 cpu0 = (now, cpu_seconds(server.proc.pid), cpu_seconds(worker))
-            for e in range(1, done + 1):
-                disk_seen.setdefault(e, metrics_file.stat().st_mtime)  # when the epoch was written
+            for e, record in enumerate(metrics.get("epochs") or [], 1):
+                disk_seen.setdefault(e, record["logged_at"])  # stamped when the run's thread got the record
             if viewers:
                 shown = accuracy_points(viewers[0]) // 2  # a train and a validation point per epoch
                 for e in range(1, shown + 1):
@@ -155,7 +155,8 @@ def measure(browser, n: int, epochs: int, workdir: Path, data_dir: Path) -> dict
         worker_cpu = (cpu_seconds(worker) - cpu0[2]) / (t1 - cpu0[0]) if cpu0[2] is not None else None
         records = read_metrics(server, run_id)["epochs"]
         later = [r["images_per_s"] for r in records[1:ACTIONS_AFTER_EPOCH]]
-        lags = [ui_seen[e] - disk_seen[e] for e in disk_seen if e in ui_seen]
+        # from epoch 2: the viewers open as the run starts, and epoch 1 may end before a page has loaded
+        lags = [ui_seen[e] - disk_seen[e] for e in disk_seen if e in ui_seen and e >= 2]
         return {"viewers": n, "status": status, "img_s": statistics.mean(later), "server_cpu": server_cpu,
                 "worker_cpu": worker_cpu, "lags": lags, "actions": actions}
     finally:

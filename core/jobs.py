@@ -147,7 +147,7 @@ class RunMonitor:
         self._notify("step", {"step": entry[0], "epoch": entry[1], "loss": entry[2]})
 
     def on_epoch(self, record: dict) -> None:
-        record = _plain(dict(record))
+        record = _plain(dict(record)) | {"logged_at": time.time()}  # wall clock: when the epoch's record arrived
         with self._lock:
             self._epochs.append(record)
             if "epoch" in record:
