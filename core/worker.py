@@ -103,11 +103,7 @@ class ProcessTrainer:
             except (OSError, ValueError):
                 pass
             self._proc.join(timeout)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(timeout)
-            self._conn.close()
-            self._proc = self._conn = self._stop = None
+            self._end(timeout)
 
     def _ready(self):
         """The live worker's pipe and stop event, starting a worker when there is none."""
@@ -130,16 +126,20 @@ class ProcessTrainer:
 
     def _discard(self) -> None:
         """End the worker at once (under the lock): the next run starts a fresh one."""
-        self._proc.kill()
-        self._proc.join(10)
+        self._end(10)
+
+    def _end(self, timeout: float) -> None:
+        """Kill the worker if it still lives, close the pipe and forget both (under the lock)."""
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout)
         self._conn.close()
         self._proc = self._conn = self._stop = None
 
     def _died(self) -> TrainingProcessDied:
         self._proc.join(5)
         code = self._proc.exitcode
-        self._conn.close()
-        self._proc = self._conn = self._stop = None
+        self._end(5)
         if code is not None and code < 0:
             how = f"signal {-code} ({signal.Signals(-code).name})"
         else:
