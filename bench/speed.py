@@ -101,7 +101,7 @@ def make_split_folder(world: str, per_class: int | None, size: int, fmt: str, wo
     fmt "copy": the demo's PNG files as they are. Reused when already there.
     """
     from core.data import load_dataset
-    from core.demo import WORLDS
+    from core.data.demo import WORLDS
 
     per_class = per_class or WORLDS[world][1]  # the size in the name: a new default makes a new folder
     tag = f"{world}-{per_class}-{size if fmt == 'jpeg' else 'png'}"

@@ -149,6 +149,11 @@ def _jsonable(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def dataset_name(ref: str) -> str:
+    """A short name for a dataset reference: a folder's own name ("pets" for "/data/pets"), else the reference."""
+    return (Path(ref).name or ref) if ("/" in ref or os.sep in ref) else ref
+
+
 def runs_dir() -> Path:
     """Where runs live: `$FREEZE_LAB_RUNS_DIR`, else `./runs`."""
     return Path(os.environ.get("FREEZE_LAB_RUNS_DIR", "runs"))

@@ -41,7 +41,7 @@ from torchvision.ops import StochasticDepth
 
 from core.config import RunConfig
 from core.data import Preprocess
-from core.diskcache import load_tensor, save_tensor
+from core.files import load_tensor, save_tensor
 from core.models import arch_spec, build_skeleton
 
 FEATURES_VERSION = 1  # bump when what a stored feature tensor means changes

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from core.diskcache import atomic_write
+from core.files import atomic_write
 
 
 class CheckpointError(ValueError):

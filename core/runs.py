@@ -49,7 +49,8 @@ from pathlib import Path
 import torch
 
 from core.config import RunConfig, runs_dir
-from core.data import dataset_name
+from core.files import atomic_write, fsync_dir, write_json
+from core.config import dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +183,13 @@ class RunStore:
                 # appears whole or not at all.
                 staging = Path(tempfile.mkdtemp(prefix=f".new-{run_id}-", dir=self.root))
                 try:
-                    _atomic_write_json(staging / RUN_FILE, meta)
-                    _atomic_write_json(staging / METRICS_FILE, empty_metrics())
+                    _write_json(staging / RUN_FILE, meta)
+                    _write_json(staging / METRICS_FILE, empty_metrics())
                     os.rename(staging, self.root / run_id)
                 except BaseException:
                     shutil.rmtree(staging, ignore_errors=True)
                     raise
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
         except OSError as exc:
             raise StoreError(
                 f"Cannot create a run in {self.root}: {exc.strerror or exc}. Free some space, or point "
@@ -267,14 +268,14 @@ class RunStore:
 
     def write_metrics(self, run_id: str, metrics: Mapping) -> None:
         """Replace `metrics.json` (`{"steps": [...], "epochs": [...], ...}`)."""
-        _atomic_write_json(self._dir(run_id) / METRICS_FILE, dict(metrics))
+        _write_json(self._dir(run_id) / METRICS_FILE, dict(metrics))
 
     def write_summary(self, run_id: str, summary: Mapping) -> None:
         """Replace `summary.json` (free-form and JSON-able; tensors become lists)."""
-        _atomic_write_json(self._dir(run_id) / SUMMARY_FILE, dict(summary))
+        _write_json(self._dir(run_id) / SUMMARY_FILE, dict(summary))
 
     def write_traceback(self, run_id: str, text: str) -> None:
-        _atomic_write_bytes(self._dir(run_id) / TRACEBACK_FILE, text.encode("utf-8", "replace"))
+        atomic_write(self._dir(run_id) / TRACEBACK_FILE, text.encode("utf-8", "replace"))
 
     def read_traceback(self, run_id: str) -> str | None:
         try:
@@ -293,7 +294,7 @@ class RunStore:
             raise TypeError(f"a state dict must be a mapping, got {type(state_dict).__name__}")
         plain = {str(k): (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state_dict.items()}
         path = self.weights_path(run_id)
-        _atomic_write(path, lambda f: torch.save(plain, f))
+        atomic_write(path, lambda f: torch.save(plain, f))
 
     def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:
         """The run's state dict on the CPU, loaded with `weights_only=True` (never runs code).
@@ -375,7 +376,7 @@ class RunStore:
             if not isinstance(meta, dict):
                 raise KeyError(f"{run_id}: unreadable run.json")
             change(meta)
-            _atomic_write_json(path / RUN_FILE, meta)
+            _write_json(path / RUN_FILE, meta)
 
     def _new_id(self) -> str:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -529,43 +530,5 @@ def _json_default(value):
     return str(value)  # torch.device, Path, dtypes ...
 
 
-def _atomic_write_json(path: Path, data) -> None:
-    # Serialise first: a value that cannot be written never touches the disk.
-    text = json.dumps(data, indent=1, default=_json_default)
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(fileobj)` into a temp file beside `path`, fsync, then replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _write_json(path: Path, data) -> None:
+    write_json(path, data, default=_json_default)

@@ -35,6 +35,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core import data
+from core.data import folders, zips
 from core.config import MAX_SEED, RunConfig
 from core.models import CheckpointError, build_model
 from core.runs import RunStore, StoreError
@@ -277,7 +278,7 @@ def test_bad_zip_upload_is_refused_and_changes_nothing(case, data_page, tmp_path
     build, limit, message = ZIPS[case]
     blob = build()
     if limit:
-        monkeypatch.setattr(data, *limit)
+        monkeypatch.setattr(zips, *limit)
     at = data_page
     before = at.session_state["draft"]
     at.radio(key="data_source").set_value("zip").run()
@@ -361,7 +362,7 @@ def test_bad_folder_path_is_a_message_and_changes_nothing(case, data_page, tmp_p
         target = tmp_path / "photos.zip"
         target.write_bytes(b"not a zip")
     elif case == "not-a-dataset":  # e.g. a home folder: a few pictures among many other files
-        monkeypatch.setattr(data, "MAX_OTHER_FILES", 8)
+        monkeypatch.setattr(folders, "MAX_OTHER_FILES", 8)
         make_folder(target, ("Pictures", "Photos"))
         for i in range(9):
             (target / "src" / "pkg").mkdir(parents=True, exist_ok=True)
@@ -966,7 +967,7 @@ def test_a_damaged_dataset_index_is_rebuilt(content, tmp_path):
 
 
 def test_a_checkpoint_upload_on_a_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
-    import core.diskcache
+    import core.files
 
     real_fdopen = os.fdopen
 
@@ -983,7 +984,7 @@ def test_a_checkpoint_upload_on_a_full_disk_leaves_no_partial_file(tmp_path, mon
         def write(self, data):
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(core.diskcache.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    monkeypatch.setattr(core.files.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
     from core.models import CheckpointError, store_checkpoint
 
     with pytest.raises(CheckpointError, match="No space left on device"):
@@ -998,8 +999,8 @@ def test_the_entry_limit_is_read_from_the_end_record_before_the_central_director
     blob = bytearray(zip_of(good_entries(n=3)))
     at = blob.rfind(b"PK\x05\x06")
     struct.pack_into("<HH", blob, at + 8, 6, 6)  # what the record says: 6 entries
-    monkeypatch.setattr(data, "MAX_ZIP_ENTRIES", 5)
-    monkeypatch.setattr(data.zipfile, "ZipFile", lambda *a, **k: pytest.fail("the central directory was parsed"))
+    monkeypatch.setattr(zips, "MAX_ZIP_ENTRIES", 5)
+    monkeypatch.setattr(zips.zipfile, "ZipFile", lambda *a, **k: pytest.fail("the central directory was parsed"))
     with pytest.raises(data.DatasetError, match="The zip has 6 entries; the limit is 5."):
         data.import_zip(bytes(blob), tmp_path / "data")
 
@@ -1010,7 +1011,7 @@ def test_a_zip64_entry_count_is_read_too(tmp_path, monkeypatch):
     assert blob.find(b"PK\x06\x06") >= 0
     at = blob.rfind(b"PK\x05\x06")
     struct.pack_into("<HH", blob, at + 8, 0xFFFF, 0xFFFF)  # the classic record says "see zip64"
-    monkeypatch.setattr(data, "MAX_ZIP_ENTRIES", 5)
+    monkeypatch.setattr(zips, "MAX_ZIP_ENTRIES", 5)
     with pytest.raises(data.DatasetError, match="The zip has 6 entries; the limit is 5."):
         data.import_zip(bytes(blob), tmp_path / "data")
 

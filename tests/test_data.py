@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core import data, demo
+from core import data
+from core.data import demo, folders, images, tensors, zips
 from core.data import DatasetError, Sample, import_zip, load_dataset, open_image, preprocess_for
 
 
@@ -118,7 +119,7 @@ def test_open_image_rejects_decompression_bomb(side):
 
 
 def test_open_image_turns_pillow_bomb_warning_into_error(monkeypatch):
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 10**12)  # only Pillow's own warning is left to catch it
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 10**12)  # only Pillow's own warning is left to catch it
     with pytest.raises(DatasetError, match="too large"):
         open_image(_png_with_declared_size(15_000, 15_000))
 
@@ -138,7 +139,7 @@ def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped_to_white():
     Image.fromarray(values).save(buf, format="PNG")  # a 16-bit grayscale PNG (Pillow opens it as I;16, older ones as I)
     out = np.asarray(open_image(buf.getvalue()))
     assert out[..., 0].tolist() == [[0, 64], [128, 255]]
-    as_i = data._to_8bit(Image.fromarray(values.astype(np.int32)))  # mode "I", as Pillow < 13 reads such files
+    as_i = images._to_8bit(Image.fromarray(values.astype(np.int32)))  # mode "I", as Pillow < 13 reads such files
     assert np.asarray(as_i).tolist() == [[0, 64], [128, 255]]
     assert (out[..., 0] == out[..., 2]).all()  # gray stays gray
 
@@ -212,8 +213,8 @@ def test_repeated_load_reuses_the_index(tmp_path, data_dir, monkeypatch):
     load_dataset(str(root), data_dir=data_dir)
     assert list((data_dir / ".cache").glob("index-*.json"))
     calls = []
-    real = data.open_image
-    monkeypatch.setattr(data, "open_image", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = folders.open_image
+    monkeypatch.setattr(folders, "open_image", lambda *a, **k: calls.append(a) or real(*a, **k))
     load_dataset(str(root), data_dir=data_dir)
     assert calls == []
     (root / "a" / "0.png").write_text("changed")  # a changed file is checked again
@@ -272,13 +273,13 @@ def test_import_zip_rejects_bomb_ratio(data_dir):
 
 
 def test_import_zip_rejects_too_many_entries(data_dir, monkeypatch):
-    monkeypatch.setattr(data, "MAX_ZIP_ENTRIES", 5)
+    monkeypatch.setattr(zips, "MAX_ZIP_ENTRIES", 5)
     with pytest.raises(DatasetError, match="entries"):
         import_zip(make_zip(good_entries(n=3)), data_dir)
 
 
 def test_import_zip_rejects_total_size(data_dir, monkeypatch):
-    monkeypatch.setattr(data, "MAX_ZIP_TOTAL_BYTES", 100)
+    monkeypatch.setattr(zips, "MAX_ZIP_TOTAL_BYTES", 100)
     with pytest.raises(DatasetError, match="unpack"):
         import_zip(make_zip(good_entries(n=3)), data_dir)
 
@@ -389,7 +390,7 @@ def test_decode_images_shape_and_cache_hit(tmp_path, data_dir, monkeypatch):
     def no_pil(*a, **k):
         raise AssertionError("PIL was opened on a cache hit")
 
-    monkeypatch.setattr(data, "open_image", no_pil)
+    monkeypatch.setattr(tensors, "open_image", no_pil)
     monkeypatch.setattr(Image, "open", no_pil)
     assert torch.equal(data.decode_images(paths, pre, data_dir=data_dir), x)
 
@@ -454,5 +455,5 @@ def test_a_non_square_input_covers_its_box_keeping_the_aspect_ratio():
     assert (pre.resize, pre.crop, pre.keep_aspect) == ((512, 256), (448, 224), True)
     img = Image.new("RGB", (300, 300), (10, 20, 30))  # square image into a tall box: scaled to 512x512, cropped
     assert tuple(data.image_tensor(img, pre).shape) == (3, 448, 224)
-    assert data._resized_size((300, 300), pre) == (512, 512)
-    assert data._resized_size((600, 300), pre) == (512, 256)
+    assert tensors._resized_size((300, 300), pre) == (512, 512)
+    assert tensors._resized_size((600, 300), pre) == (512, 256)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.ops import StochasticDepth
 
-from core import diskcache
+from core import files
 from core.features import forward_chain, frozen_prefix, prefix_fingerprint, run_chain
 from core.freezing import preset_frozen, set_frozen, set_train_mode
 from core.models import build_model, build_skeleton
@@ -189,17 +189,17 @@ def test_prune_evicts_least_recently_used_first(tmp_path):
     sizes = {}
     for i in range(4):
         path = tmp_path / f"features-{i}.pt"
-        assert diskcache.save_tensor(path, torch.zeros(1000, dtype=torch.uint8), budget=1 << 20)
+        assert files.save_tensor(path, torch.zeros(1000, dtype=torch.uint8), budget=1 << 20)
         os.utime(path, ns=(i * 10**9, i * 10**9))
         sizes[path.name] = path.stat().st_size
-    assert diskcache.load_tensor(tmp_path / "features-0.pt") is not None  # a hit makes 0 the most recent
+    assert files.load_tensor(tmp_path / "features-0.pt") is not None  # a hit makes 0 the most recent
     (tmp_path / "decoded-x.pt").write_bytes(b"x" * 5000)  # another kind: never counted or deleted
     budget = sizes["features-0.pt"] + sizes["features-3.pt"]
-    deleted = diskcache.prune(tmp_path, "features-*.pt", budget)
+    deleted = files.prune(tmp_path, "features-*.pt", budget)
     assert sorted(p.name for p in deleted) == ["features-1.pt", "features-2.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoded-x.pt", "features-0.pt", "features-3.pt"]
 
 
 def test_a_tensor_over_half_the_budget_is_not_stored(tmp_path):
-    assert not diskcache.save_tensor(tmp_path / "features-big.pt", torch.zeros(600), budget=4000)
+    assert not files.save_tensor(tmp_path / "features-big.pt", torch.zeros(600), budget=4000)
     assert not (tmp_path / "features-big.pt").exists()

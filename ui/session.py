@@ -19,7 +19,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.config import RunConfig, data_dir
-from core.diskcache import atomic_write
+from core.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from core import demo
+from core.data import demo
 from core.freezing import model_structure, preset_frozen
 from core.models import build_skeleton
 from core.runs import RunStore

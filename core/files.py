@@ -1,36 +1,74 @@
-"""Files under `data_dir()/.cache`: written atomically, read back safely, pruned least-recently-used first.
+"""Files written atomically, and the tensor cache under `data_dir()/.cache`.
 
-Two caches live there, both derived data that can always be rebuilt:
+`atomic_write` is the one way this project writes a file another reader may
+open at any moment (run records, metrics, weights, dataset indexes, drafts,
+cache files): a temp file beside the target, fsync, `os.replace`, fsync of
+the folder. A reader sees the old file or the new one, never half a file, and
+a full disk leaves no partial file behind.
+
+Two caches live under `.cache`, both derived data that can always be rebuilt:
 decoded images (`core.data.decode_images`, one uint8 tensor per file list and
-geometry) and prefix features (`core.features.FeatureStore`, one tensor per
-split, frozen prefix and precision). A damaged or foreign file is never
-trusted: `load_tensor` returns None and the caller recomputes. A hit touches
-the file's mtime, so `prune` evicts what has gone unused the longest.
+geometry) and prefix features (`core.engine.features`, one tensor per split,
+frozen prefix and precision). A damaged or foreign file is never trusted:
+`load_tensor` returns None and the caller recomputes. A hit touches the file's
+mtime, so `prune` evicts what has gone unused the longest.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+from collections.abc import Callable
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 CACHE_BUDGET_BYTES = 8 << 30  # per kind of cache file (decoded images, features)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never half a file."""
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
+    """Write `data` (bytes, or a function writing into a binary file) to `path` atomically and durably.
+
+    The folder is created when missing. Anything raised while writing leaves `path` as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, data, *, default: Callable | None = None) -> None:
+    """`data` as indented JSON at `path`, atomically; serialised first, so a value that cannot be
+    written never touches the disk."""
+    atomic_write(path, json.dumps(data, indent=1, default=default).encode("utf-8"))
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_tensor(path: Path, tensor: torch.Tensor, *, budget: int = CACHE_BUDGET_BYTES) -> bool:
