@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.compare import run_labels
-from core.data import DatasetError, open_image
-from core.inference import (
+from core.analysis.compare import run_labels
+from core.analysis.inference import (
     Classifier,
     classify,
     finished_runs,
@@ -16,7 +15,15 @@ from core.inference import (
     top_k,
     weights_mtime,
 )
-from core.models import CATALOG, CheckpointError, WeightsUnavailableError, arch_spec, download_imagenet_weights, imagenet_available
+from core.data import DatasetError, open_image
+from core.models import (
+    CATALOG,
+    CheckpointError,
+    WeightsUnavailableError,
+    arch_spec,
+    download_imagenet_weights,
+    imagenet_available,
+)
 from ui import charts
 from ui.manager import get_manager
 
@@ -58,10 +65,10 @@ models: list[tuple[str, Classifier]] = []  # (cache key, classifier)
 devices_used: set[str] = set()
 for run_id in chosen:
     record = manager.store.load(run_id)
-    device, why = inference_device(record.summary.get("device"), manager.device, busy)
+    device, why = inference_device(record.summary.device, manager.device, busy)
     devices_used.add(why)
     try:
-        clf = run_classifier(run_id, weights_mtime(record), str(device), record.summary.get("precision", "fp32"))
+        clf = run_classifier(run_id, weights_mtime(record), str(device), record.summary.precision or "fp32")
     except (CheckpointError, WeightsUnavailableError, ValueError) as exc:
         st.error(f"**{record.name}**: {exc}", icon=":material/error:")
     else:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import compare
+from core.analysis import compare
+from core.analysis.inference import inference_device, weights_mtime
 from core.data import DatasetError
-from core.inference import inference_device, weights_mtime
 from core.models import CheckpointError, WeightsUnavailableError
 from ui import charts
 from ui.downloads import run_downloads
@@ -131,7 +131,7 @@ record = by_id[one]
 
 gallery_tab, export_tab = st.tabs(["Misclassified validation images", "Export"])
 with gallery_tab:
-    device, why = inference_device(record.summary.get("device"), manager.device, bool(manager.active_runs()))
+    device, why = inference_device(record.summary.device, manager.device, bool(manager.active_runs()))
     st.caption(f"The validation split is classified again with the run's final weights, {why}.")
     if st.button("Show the highest-loss mistakes", key="compare_gallery_go", icon=":material/search:"):
         st.session_state["compare_gallery_run"] = one

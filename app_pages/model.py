@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import codegen, costs
+from core import codegen, estimate
 from core.config import data_dir
 from core.devices import amp_dtype, pick_device
 from core.freezing import (
@@ -29,13 +29,12 @@ from core.models import (
     imagenet_available,
     read_state_dict,
     store_checkpoint,
-    run_state_dict,
 )
-from core.memory import run_memory
+from core.store import run_state_dict
 from ui.manager import get_manager
 from ui.session import draft, update_draft
-from ui.welcome import first_run_panel
 from ui.tree import apply_edits, group_table, groups_of, overview_table
+from ui.welcome import first_run_panel
 
 WEIGHT_SOURCES = {
     "imagenet": "ImageNet (torchvision)",
@@ -47,7 +46,7 @@ WEIGHT_SOURCES = {
 
 @st.cache_resource(max_entries=16)
 def profile_for(arch: str, num_classes: int, size: tuple[int, int]):
-    return costs.cost_profile(arch, num_classes, size)
+    return estimate.cost_profile(arch, num_classes, size)
 
 
 @st.cache_data(max_entries=32, show_spinner="Reading the run's weights…")
@@ -253,32 +252,32 @@ mine_run = full_run = None
 if profile is not None:
     if sizes:
         mine_run, full_run = (
-            run_memory(profile, c, train_images=sizes[0], val_images=sizes[1], device=device, skeleton=model)
+            estimate.run_memory(profile, c, train_images=sizes[0], val_images=sizes[1], device=device, skeleton=model)
             for c in (cfg, cfg.replace(frozen=(), preset="full")))
         mine, full = mine_run.step, full_run.step
     else:
         options = dict(optimizer=cfg.optimizer, batch_size=cfg.batch_size, precision=precision,
                        bn_frozen_eval=cfg.bn_frozen_eval)
-        mine, full = costs.estimate(profile, cfg.frozen, **options), costs.estimate(profile, (), **options)
+        mine, full = estimate.estimate(profile, cfg.frozen, **options), estimate.estimate(profile, (), **options)
 
 # --- counts -----------------------------------------------------------------------------------
 trainable, frozen_count = tree.counts(cfg.frozen)
 total = trainable + frozen_count
 # Content-wide metrics that wrap as a whole: a long strategy name ("FC1 + FC2 + head") is never cut.
 with st.container(horizontal=True, gap="medium"):
-    st.metric("Trainable parameters", f"{trainable:,}", f"{costs.human_share(trainable, total)} of all",
+    st.metric("Trainable parameters", f"{trainable:,}", f"{estimate.human_share(trainable, total)} of all",
               delta_color="off", delta_arrow="off", width="content")
-    st.metric("Frozen parameters", f"{frozen_count:,}", f"{costs.human_share(frozen_count, total)} of all",
+    st.metric("Frozen parameters", f"{frozen_count:,}", f"{estimate.human_share(frozen_count, total)} of all",
               delta_color="off", delta_arrow="off", width="content")
     st.metric("Strategy", preset_label(cfg.preset), width="content")
     if mine_run is not None:
-        st.metric("Peak memory of a run", costs.human_bytes(mine_run.peak_bytes), f"during {mine_run.peak_moment}",
+        st.metric("Peak memory of a run", estimate.human_bytes(mine_run.peak_bytes), f"during {mine_run.peak_moment}",
                   delta_color="off", delta_arrow="off", width="content", help=f"Estimated for "
                   f"{device.type.upper()}, {precision}, batch {cfg.batch_size}, {mine_run.images:,} images; see the Cost tab.")
     elif profile is not None:
-        st.metric("Memory per training step", costs.human_bytes(mine.total_bytes), width="content",
+        st.metric("Memory per training step", estimate.human_bytes(mine.total_bytes), width="content",
                   help="Pick the dataset on the Data page to see the peak of a whole run.")
-st.progress(trainable / total, text=f"{costs.human_share(trainable, total)} of the parameters train")
+st.progress(trainable / total, text=f"{estimate.human_share(trainable, total)} of the parameters train")
 
 set_frozen(model, cfg.frozen)  # the run estimate above tried other frozen sets on this skeleton
 problems = [c for c in preflight(model, arch, cfg.bn_frozen_eval) if not c.ok]
@@ -329,7 +328,7 @@ with tab_cost:
     if profile is None:
         st.warning(profile_error, icon=":material/warning:")
     else:
-        ratio = costs.compare_to_full(mine, full)
+        ratio = estimate.compare_to_full(mine, full)
         st.markdown(
             f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
             f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "

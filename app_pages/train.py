@@ -117,7 +117,7 @@ def fresh_snapshot(run_id: str):
     snap = manager.snapshot(run_id)
     epochs = snap.metrics.get("epochs", [])
     last = epochs[-1] if epochs else None
-    classes = snap.info.get("classes") or snap.summary.get("classes") or []
+    classes = snap.info.get("classes") or snap.summary.classes or []
     figures = (charts.loss_figure(snap.metrics), charts.accuracy_figure(snap.metrics),
                charts.per_class_figure(last, classes), charts.confusion_figure(last, classes))
     st.session_state["train_view"] = (moved, snap, figures)
@@ -183,7 +183,7 @@ def live_view(run_id: str) -> None:
                       help="The training process's peak resident memory (the interpreter, libraries and every run "
                            "that process trained so far included). The Model page's estimate counts the run's "
                            "tensors only.")
-    cache = snap.summary.get("feature_cache") or snap.info.get("feature_cache")
+    cache = snap.summary.feature_cache or snap.info.get("feature_cache")
     if cache:
         if not cache.get("used"):
             text = f"off — {cache.get('reason')}"
@@ -201,7 +201,7 @@ def live_view(run_id: str) -> None:
     left.plotly_chart(per_class, key="train_class_chart", width="stretch")
     right.plotly_chart(confusion, key="train_confusion_chart", width="stretch")
 
-    audit = snap.summary.get("freeze_audit")
+    audit = snap.summary.freeze_audit
     if snap.status == "finished" and audit:
         if audit.get("ok") and not audit["checked_tensors"]:
             st.success("Freeze audit passed: nothing is frozen in this run, so no tensor had to stay unchanged.",

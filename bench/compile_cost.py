@@ -3,9 +3,9 @@
     python bench/compile_cost.py                              # ResNet-18, 64 px, batch 32, full and head, CPU
     python bench/compile_cost.py --arch resnet50 --size 224 --batch-size 64 --device cuda
 
-Per preset, the engine's training step (`core.training.build_optimizer`, the
+Per preset, the engine's training step (`core.engine.build_optimizer`, the
 preset's frozen set and BatchNorm modes, bf16 autocast and channels_last on
-CUDA as `core.training` runs there) on random tensors already on the device:
+CUDA as `core.engine` runs there) on random tensors already on the device:
 
 - eager: steps/s after three warm-up steps;
 - compiled (``torch.compile(model)``, default mode; the optimizer step stays
@@ -44,7 +44,7 @@ def step_fn(arch: str, preset: str, num_classes: int, size: int, batch: int, dev
     from core.devices import amp_dtype
     from core.freezing import preset_frozen, set_frozen, set_train_mode
     from core.models import prepare_model
-    from core.training import build_optimizer
+    from core.engine import build_optimizer
 
     torch.manual_seed(0)
     model, _ = prepare_model(arch, num_classes, "none")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.costs import cost_profile, estimate, measure_exact  # noqa: E402
+from core.estimate import cost_profile, estimate, measure_exact  # noqa: E402
 from core.freezing import preset_frozen  # noqa: E402
 from core.models import build_skeleton  # noqa: E402
 

@@ -4,11 +4,11 @@
     python bench/memory_check.py --steps          # only the steps (about 1 minute on 2 cores)
     python bench/memory_check.py --device cuda    # the same on a GPU, as the engine runs there
 
-(1) One training step (`core.costs.estimate`): two real SGD steps of each
+(1) One training step (`core.estimate.estimate`): two real SGD steps of each
     catalog family and preset, fp32 and bf16 autocast, batch 8, measured
-    with `core.livebytes.LiveBytes` (weights, gradients, momentum, saved
+    with `core.estimate.LiveBytes` (weights, gradients, momentum, saved
     activations, tensors in flight and autocast copies: all live tensors).
-(2) A whole run (`core.memory.run_memory`): `core.training.train` on a
+(2) A whole run (`core.estimate.run_memory`): `core.engine.train` on a
     generated 64 px dataset, from decoding to the checkpoint copies, measured
     the same way (CPU tensors only: meta-device shape checks hold no memory).
 
@@ -58,9 +58,9 @@ def step_peak(arch: str, preset: str, size: int, batch: int, precision: str,
     import torch
     import torch.nn.functional as F
 
-    from core.costs import cost_profile, estimate
+    from core.estimate import cost_profile, estimate
     from core.freezing import preset_frozen, set_frozen, set_train_mode
-    from core.livebytes import LiveBytes
+    from core.estimate import LiveBytes
     from core.models import build_model
 
     torch.manual_seed(0)
@@ -70,7 +70,7 @@ def step_peak(arch: str, preset: str, size: int, batch: int, precision: str,
     set_train_mode(model, True)
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    layout = torch.channels_last if cuda else torch.contiguous_format  # as core.training runs on CUDA
+    layout = torch.channels_last if cuda else torch.contiguous_format  # as core.engine runs on CUDA
     if cuda:
         gc.collect()
         torch.cuda.empty_cache()
@@ -124,11 +124,11 @@ def check_steps(device: str = "cpu", batch: int = 8) -> list[str]:
 def check_runs(workdir: Path) -> list[str]:
     import torch
 
-    from core.costs import cost_profile
+    from core.estimate import cost_profile
     from core.data import load_dataset
-    from core.livebytes import LiveBytes
-    from core.memory import run_memory
-    from core.training import train
+    from core.estimate import LiveBytes
+    from core.estimate import run_memory
+    from core.engine import train
     from test_training import Recorder, config_for, draw_folder
 
     folder = draw_folder(workdir / "shapes", per_class=20, size=64)
@@ -158,12 +158,12 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="freeze-lab-memory-"))
     os.environ["FREEZE_LAB_DATA_DIR"] = str(workdir / "data")
     os.environ["FREEZE_LAB_RUNS_DIR"] = str(workdir / "runs")
-    print("## One training step (core.costs.estimate)\n")
+    print("## One training step (core.estimate.estimate)\n")
     steps = check_steps(args.device, args.batch_size)
     runs = [] if args.steps or args.device != "cpu" else check_runs(workdir)
     print("\n" + "\n".join(steps))
     if runs:
-        print("\n## A whole run (core.memory.run_memory)\n\n" + "\n".join(runs))
+        print("\n## A whole run (core.estimate.run_memory)\n\n" + "\n".join(runs))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ alone):
 (a) reference: `bench/reference.py`, the loop of PyTorch's transfer-learning
     tutorial (ImageFolder + PIL transforms + DataLoader with
     ``min(8, cpu count)`` workers, ``pin_memory`` on CUDA, fp32);
-(b) engine: `core.training.train` with a `RunConfig` (decoded uint8 cache
+(b) engine: `core.engine.train` with a `RunConfig` (decoded uint8 cache
     on the device, feature cache over the frozen prefix, bf16 autocast and
     channels_last on CUDA), weights ``none`` for both (timing does not
     depend on the values), with no stored prefix features: the run computes
@@ -39,10 +39,10 @@ model build, all epochs; not interpreter start), peak memory
 (`torch.cuda.max_memory_allocated`, or the process's peak RSS on the CPU).
 Per case: (b)/(a) in images/s and in wall time, the engine against the
 synthetic step, and the Model page's memory estimates with their errors
-against the measured peaks: for (b) the whole run (`core.memory.run_memory`,
+against the measured peaks: for (b) the whole run (`core.estimate.run_memory`,
 computed in the worker before the run: resident images and cached features,
 the feature pass, training steps, evaluation), for (s) and (a) one training
-step of the whole network (`core.costs.estimate`; bf16 on CUDA for (s), fp32
+step of the whole network (`core.estimate.estimate`; bf16 on CUDA for (s), fp32
 with BatchNorm in train mode for the reference). None of them counts cuDNN's
 and cuBLAS's workspaces, which the measured CUDA peaks include.
 """
@@ -127,7 +127,7 @@ def make_split_folder(world: str, per_class: int | None, size: int, fmt: str, wo
 
 
 def clear_stored_features(data_dir: Path) -> None:
-    """Delete the prefix features earlier runs stored (`core.features`), so the next engine run computes them."""
+    """Delete the prefix features earlier runs stored (`core.engine.features`), so the next engine run computes them."""
     for path in (data_dir / ".cache").glob("features-*.pt"):
         path.unlink()
 
@@ -247,10 +247,10 @@ class _Monitor:
 
 
 def _run_estimate(config, device):
-    """The Model page's estimate of the run's peak device memory (`core.memory.run_memory`)."""
-    from core.costs import cost_profile
+    """The Model page's estimate of the run's peak device memory (`core.estimate.run_memory`)."""
+    from core.estimate import cost_profile
     from core.data import load_dataset
-    from core.memory import run_memory
+    from core.estimate import run_memory
 
     ds = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
     profile = cost_profile(config.arch, config.num_classes, config.image_size)
@@ -259,7 +259,7 @@ def _run_estimate(config, device):
 
 def run_engine(spec: dict) -> dict:
     from core.config import RunConfig
-    from core.training import train
+    from core.engine import train
 
     device = _device(spec["device"])
     config = RunConfig(
@@ -300,7 +300,7 @@ def run_synthetic(spec: dict) -> dict:
     from core.config import RunConfig
     from core.freezing import set_frozen, set_train_mode
     from core.models import prepare_model
-    from core.training import build_optimizer
+    from core.engine import build_optimizer
 
     device = _device(spec["device"])
     if device.type == "cuda":
@@ -441,9 +441,9 @@ def run_row(label: str, r: dict | None, epochs: int | None) -> list[str]:
 
 
 def estimates(arch: str, num_classes: int, size: int, preset: str, batch_size: int, cuda: bool, profiles: dict):
-    """The per-step memory estimate (`core.costs.estimate`) of the whole network: for the synthetic step
+    """The per-step memory estimate (`core.estimate.estimate`) of the whole network: for the synthetic step
     (bf16 on CUDA, frozen BatchNorm in eval mode) and for the reference (fp32, BatchNorm trains)."""
-    from core.costs import cost_profile, estimate
+    from core.estimate import cost_profile, estimate
 
     key = (arch, num_classes, size)
     if key not in profiles:
@@ -502,10 +502,10 @@ def benchmark(args, env: dict, workdir: Path) -> str:
                  "(or (b2)'s: the next run on the same frozen prefix, which reads the features (b) stored). "
                  "(b) / synthetic: the engine's epochs 2+ images/s against the synthetic whole-network step (over 100% "
                  "when the feature cache leaves only the tail to run). Estimate errors are (estimate / measured - 1). "
-                 "Est. run peak (b): the Model page's estimate of the whole run (core.memory.run_memory: images and "
+                 "Est. run peak (b): the Model page's estimate of the whole run (core.estimate.run_memory: images and "
                  "cached features on the device, the feature pass, training steps, evaluation), taken in the worker "
                  "before the run, and the moment it expects the peak; est. step: one training step of the whole "
-                 "network (core.costs.estimate), against the synthetic step and the reference.")
+                 "network (core.estimate.estimate), against the synthetic step and the reference.")
         if not cuda:
             notes += (" On the CPU the measured peak is the worker process's peak RSS, mostly the Python and torch "
                       "runtime itself, so the memory-estimate errors say little there.")

@@ -14,7 +14,7 @@ torchvision (no Freeze Lab import), written the way torchvision users write it:
   loads the run's *full* state dict from ``<runs dir>/<id>/model.pt`` (the
   runs folder's absolute path is written into the snippet) the same
   way as a checkpoint, and a comment gives the one line that exports that file
-  (``core.models.run_state_dict``), since the frozen part comes from the run's
+  (``core.store.run_state_dict``), since the frozen part comes from the run's
   own starting weights;
 - the head is replaced as in the tutorials
   (``model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)``), with dotted
@@ -26,7 +26,7 @@ torchvision (no Freeze Lab import), written the way torchvision users write it:
   BatchNorm layers, and the stochastic depth of frozen blocks, in eval mode;
 - the optimizer over trainable parameters only, in "head" and "backbone"
   groups (discriminative rate ``lr * backbone_lr_mult``), the same class,
-  momentum, weight decay and scheduler as `core.training`, and a printout of
+  momentum, weight decay and scheduler as `core.engine`, and a printout of
   the trainable parameter count.
 """
 
@@ -146,7 +146,7 @@ def _weights_lines(config: RunConfig, head: str) -> list[str]:
             "",
             "# The run's full state dict. A run saves only what it changed (weights.pt);",
             "# export the full one once, in the Freeze Lab folder, with",
-            f"#   python -c \"import torch; from pathlib import Path; from core.models import run_state_dict; "
+            f"#   python -c \"import torch; from pathlib import Path; from core.store import run_state_dict; "
             f"torch.save(run_state_dict({run_id!r}, {arch!r}, runs_dir=Path({folder!r}))[0], {path!r})\"",
             f"CHECKPOINT = {path!r}",
         ]

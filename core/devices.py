@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import sys
 
 import torch
 
@@ -82,3 +84,13 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 0.3) -> boo
         return True
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes <= share * free
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes so far: `torch.cuda.max_memory_allocated` on CUDA (reset when a run starts); elsewhere
+    the peak resident set size of the whole process, which includes everything else it holds and
+    never goes down."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux

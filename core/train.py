@@ -164,7 +164,7 @@ def describe(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from core.jobs import RunMonitor, check_runnable, execute
-    from core.runs import FINISHED, RunStore
+    from core.store import FINISHED, RunStore
 
     def fail(reason: str, run_id: str | None = None, status: str = "failed") -> int:
         print(f"error: {reason}", file=sys.stderr)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = None
     record = store.load(run_id)
     result = {"run_id": run_id, "status": record.status, "reason": record.reason}
-    result |= {key: record.summary.get(key) for key in SUMMARY_KEYS}
+    result |= {key: getattr(record.summary, key) for key in SUMMARY_KEYS}
     epochs = record.metrics["epochs"]
     result["confusion"] = epochs[-1].get("confusion") if epochs else None  # rows: true class, columns: predicted
     result["epochs_done"] = len(epochs)

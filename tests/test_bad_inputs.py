@@ -35,10 +35,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core import data
-from core.data import folders, zips
 from core.config import MAX_SEED, RunConfig
+from core.data import folders, zips
 from core.models import CheckpointError, build_model
-from core.runs import RunStore, StoreError
+from core.store import RunStore, StoreError
 from core.train import main as cli_main
 from ui.manager import get_manager
 
@@ -844,7 +844,7 @@ _STRIDE0_CHILD = """
 import sys
 from core.jobs import execute
 from core.models import CheckpointError
-from core.runs import RunStore
+from core.store import RunStore
 
 store = RunStore(sys.argv[1])
 outcome = execute(store, sys.argv[2])  # the engine's own path, without the check a submit makes first
@@ -914,7 +914,7 @@ def test_a_damaged_run_json_is_skipped_and_reported_never_fatal(config, tmp_path
     assert get_manager().store.list()[0].id == good  # a new manager (the app's start-up) is not stopped by it
     at = AppTest.from_file(str(PAGES / "compare.py"), default_timeout=60).run()
     assert not at.exception
-    assert any(f"1 damaged run folder" in w.value and bad in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any("1 damaged run folder" in w.value and bad in w.value for w in at.warning), [w.value for w in at.warning]
 
 
 def test_a_copied_run_folder_is_reported_and_never_acted_on(tmp_path):
@@ -1084,7 +1084,7 @@ def test_cli_store_and_device_problems_are_messages_not_tracebacks(args, message
 _CLI_RUN_THAT_HANGS = """
 import sys, time
 from core.config import RunConfig
-from core.runs import RunStore
+from core.store import RunStore
 store = RunStore(sys.argv[1])
 run_id = store.create(RunConfig(), owner="cli")
 store.set_status(run_id, "running")
@@ -1111,7 +1111,7 @@ def test_a_cli_run_killed_with_kill_9_becomes_interrupted_in_the_app(tmp_path, m
 
 
 def test_a_loss_that_becomes_nan_fails_the_run_with_a_message():
-    from core.training import DivergedError, _StepReporter
+    from core.engine.loop import DivergedError, _StepReporter
 
     seen = []
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.runs import RunStore
+from core.store import RunStore
 from core.train import image_size, main
 from tests.test_training import draw_folder
 

@@ -1,8 +1,8 @@
 """core.codegen: the generated snippet runs as is and trains exactly what Freeze Lab would train."""
 
 import contextlib
-import os
 import io
+import os
 
 import pytest
 import torch
@@ -194,10 +194,9 @@ def test_run_snippet_names_the_runs_folder_so_it_works_from_anywhere(tmp_path, m
     """With a relative runs folder (the default ./runs), the export line and CHECKPOINT named paths that only
     resolved in the Freeze Lab folder, and only with its FREEZE_LAB_RUNS_DIR set."""
     import subprocess
-    import sys
     from pathlib import Path
 
-    from core.runs import RunStore
+    from core.store import RunStore
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", "my-runs")

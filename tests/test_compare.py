@@ -1,4 +1,4 @@
-"""core.compare: tables, freezing picture, curves, per-class figures, misclassified images, exports."""
+"""core.analysis.compare: tables, freezing picture, curves, per-class figures, misclassified images, exports."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from core import compare
+from core.analysis import compare
 from core.config import RunConfig
 from core.models import build_model
-from core.runs import RunRecord, RunStore
+from core.store import RunRecord, RunStore
 from tests.test_inference import shared, trained_runs  # noqa: F401  (the shared tiny runs)
 
 
@@ -88,13 +88,13 @@ def test_per_class_and_difference(records):
     b = records[1].metrics["epochs"][-1]["per_class_acc"]
     assert diff["difference"].tolist() == pytest.approx([y - x for x, y in zip(a, b)])
     classes, matrix = compare.confusion(records[1])
-    assert classes == ["box", "disc", "wedge"] and sum(map(sum, matrix)) == records[1].summary["val_size"]
+    assert classes == ["box", "disc", "wedge"] and sum(map(sum, matrix)) == records[1].summary.val_size
 
 
 def test_misclassified_agrees_with_the_recorded_validation_accuracy(records, shared):  # noqa: F811
     record = records[1]
     wrong = compare.misclassified(record, limit=None)
-    val_size = record.summary["val_size"]
+    val_size = record.summary.val_size
     recorded_errors = round((1 - record.metrics["epochs"][-1]["val_acc"]) * val_size)
     assert len(wrong) == recorded_errors
     assert list(wrong.columns) == ["path", "true", "predicted", "loss", "confidence"]

@@ -1,9 +1,8 @@
-"""core.data and core.demo: every source, every rejection, on inputs the tests build themselves."""
+"""core.data (with its demo world): every source, every rejection, on inputs the tests build themselves."""
 
 from __future__ import annotations
 
 import io
-import os
 import stat
 import struct
 import zipfile
@@ -16,8 +15,19 @@ import torch
 from PIL import Image
 
 from core import data
-from core.data import demo, folders, images, tensors, zips
-from core.data import DatasetError, Sample, import_zip, load_dataset, open_image, preprocess_for
+from core.data import (
+    DatasetError,
+    Sample,
+    demo,
+    folders,
+    images,
+    import_zip,
+    load_dataset,
+    open_image,
+    preprocess_for,
+    tensors,
+    zips,
+)
 
 
 def png_bytes(colour=(200, 30, 30), size=(8, 8), fmt="PNG") -> bytes:

@@ -9,10 +9,10 @@ import torch
 from torchvision.ops import StochasticDepth
 
 from core import files
-from core.features import forward_chain, frozen_prefix, prefix_fingerprint, run_chain
-from core.freezing import preset_frozen, set_frozen, set_train_mode
-from core.models import build_model, build_skeleton
-from core.training import FAULT_ENV
+from core.engine import FAULT_ENV
+from core.engine.features import prefix_fingerprint
+from core.freezing import frozen_prefix, preset_frozen, set_frozen, set_train_mode
+from core.models import build_model, build_skeleton, forward_chain, run_chain
 from tests.test_training import CLASSES, config_for, draw_folder, run
 
 
@@ -127,25 +127,25 @@ def test_fingerprint_follows_every_bit_of_the_prefix():
 
 def test_a_second_run_on_the_same_prefix_reads_the_features_from_disk(folder, tmp_path):
     first, first_monitor = run(config_for(folder, "head"), tmp_path)
-    assert first.summary["feature_cache"]["source"] == "computed"
+    assert first.summary.feature_cache["source"] == "computed"
     assert len(stored(tmp_path)) == 2  # train and val
     # Another learning rate and epoch count on the same frozen backbone: the prefix does not run.
     second, _ = run(config_for(folder, "head", lr=0.05, epochs=3), tmp_path)
-    assert second.summary["feature_cache"]["source"] == "disk"
+    assert second.summary.feature_cache["source"] == "disk"
     assert len(stored(tmp_path)) == 2
     # Features from disk are the same tensors: the same config trains to the same bits.
     again, again_monitor = run(config_for(folder, "head"), tmp_path)
-    assert again.summary["feature_cache"]["source"] == "disk"
+    assert again.summary.feature_cache["source"] == "disk"
     assert again_monitor.losses == first_monitor.losses
     assert torch.equal(again.state_dict["fc.weight"], first.state_dict["fc.weight"])
 
 
 def test_timings_add_up_to_the_run(folder, tmp_path):
     result, _ = run(config_for(folder, "head"), tmp_path)
-    t = result.summary["timings"]
+    t = result.summary.timings
     assert set(t) == {"data_s", "model_s", "features_s", "epochs_s", "finish_s"}
     assert all(v >= 0 for v in t.values()) and t["features_s"] > 0
-    assert sum(t.values()) == pytest.approx(result.summary["total_time_s"], abs=0.2)
+    assert sum(t.values()) == pytest.approx(result.summary.total_time_s, abs=0.2)
 
 
 @pytest.mark.parametrize(
@@ -162,8 +162,8 @@ def test_anything_the_features_depend_on_gives_new_ones(folder, tmp_path, change
     if "preset" in change:
         change = change | {"frozen": preset_frozen(build_skeleton("resnet18", len(CLASSES)), "resnet18", change["preset"])}
     result, _ = run(config_for(folder, **({"preset": "head"} | change)), tmp_path)
-    assert result.summary["feature_cache"]["used"]
-    assert result.summary["feature_cache"]["source"] == "computed"
+    assert result.summary.feature_cache["used"]
+    assert result.summary.feature_cache["source"] == "computed"
     assert len(stored(tmp_path)) == 4
 
 
@@ -173,7 +173,7 @@ def test_an_edited_image_gives_new_features(folder, tmp_path):
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     result, _ = run(config_for(folder, "head"), tmp_path)
-    assert result.summary["feature_cache"]["source"] == "computed"
+    assert result.summary.feature_cache["source"] == "computed"
 
 
 def test_a_damaged_feature_file_is_recomputed_not_trusted(folder, tmp_path):
@@ -181,7 +181,7 @@ def test_a_damaged_feature_file_is_recomputed_not_trusted(folder, tmp_path):
     for path in stored(tmp_path):
         path.write_bytes(b"not a tensor")
     again, again_monitor = run(config_for(folder, "head"), tmp_path)
-    assert again.summary["feature_cache"]["source"] == "computed"
+    assert again.summary.feature_cache["source"] == "computed"
     assert again_monitor.losses == first_monitor.losses
 
 

@@ -1,4 +1,4 @@
-"""core.inference: a finished run's model, classify, top-k, the device policy, the ImageNet model."""
+"""core.analysis.inference: a finished run's model, classify, top-k, the device policy, the ImageNet model."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from core.analysis import inference
 from core.config import RunConfig
 from core.data import preprocess_for
 from core.jobs import execute
-from core.models import CheckpointError, WeightsUnavailableError, build_model, imagenet_cache_path
-from core.runs import RunStore
-from core import inference
+from core.models import (
+    CheckpointError,
+    WeightsUnavailableError,
+    build_model,
+    imagenet_cache_path,
+)
+from core.store import RunStore
 from tests.test_training import CLASSES, draw_folder
 
 _SHARED: dict = {}

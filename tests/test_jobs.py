@@ -11,13 +11,12 @@ import dataclasses
 import threading
 import time
 import weakref
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from core import runs
 from core.config import RunConfig
+from core.engine import TrainResult
 from core.jobs import (
     OOM_REASON,
     JobManager,
@@ -28,14 +27,15 @@ from core.jobs import (
     failure_reason,
 )
 from core.models import build_skeleton
-from core.runs import RunStore
+from core.store import RunStore, runs
+from core.summary import RunSummary
 
 CONFIG = RunConfig(arch="resnet18", preset="head", dataset="demo-target", epochs=2)
 TIMEOUT = 10.0
 
 
 class Engine:
-    """A stand-in for `core.training.train`: `epochs` x `steps` batches, reporting to the monitor.
+    """A stand-in for `core.engine.train`: `epochs` x `steps` batches, reporting to the monitor.
 
     - `log` records (run name, "start"/"end", time) for every run, to check order and overlap;
     - `gate`: if given, the first batch waits for it (checking `should_stop` meanwhile);
@@ -86,7 +86,7 @@ class Engine:
             monitor.on_epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 0.5, "confusion": [[1, 1], [0, 2]]})
             if name in self.fail and epoch == 1:
                 raise self.fail[name]
-        return SimpleNamespace(summary={"val_acc": 0.5, "name": name}, state_dict={"fc.weight": torch.ones(2, 2)})
+        return TrainResult(summary=RunSummary(val_acc=0.5, classes=[name]), state_dict={"fc.weight": torch.ones(2, 2)})
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_a_run_trains_and_is_recorded(store, manager_for):
     assert record.status == runs.FINISHED and record.reason is None
     assert record.owner == "alice" and record.name == "first try"
     assert record.started and record.finished
-    assert record.summary == {"val_acc": 0.5, "name": "a"}
+    assert record.summary == RunSummary(val_acc=0.5, classes=["a"])
     assert len(record.metrics["steps"]) == 6 and len(record.metrics["epochs"]) == 2
     assert record.metrics["info"]["device"] == "cpu"
     assert torch.equal(store.load_weights(run_id)["fc.weight"], torch.ones(2, 2))
@@ -133,7 +133,7 @@ def test_a_run_trains_and_is_recorded(store, manager_for):
     assert (snap.status, snap.owner, snap.name) == ("finished", "alice", "first try")
     assert snap.progress == 1.0 and snap.step == 6 and snap.total_steps == 6 and snap.epoch == 2
     assert snap.eta_s is None and snap.elapsed_s > 0
-    assert snap.summary["val_acc"] == 0.5 and snap.info["classes"] == ["a", "b"]
+    assert snap.summary.val_acc == 0.5 and snap.info["classes"] == ["a", "b"]
     assert manager.active_runs() == []
 
 
@@ -220,7 +220,7 @@ def test_cancel_a_running_run_stops_within_one_batch(store, manager_for):
     assert record.status == runs.CANCELLED and record.reason == "cancelled while training"
     assert [s[0] for s in record.metrics["steps"]] == [1, 2, 3, 4, 5]  # no batch after the request
     assert len(record.metrics["epochs"]) == 1  # metrics so far kept
-    assert not record.has_weights and record.summary == {}
+    assert not record.has_weights and record.summary == RunSummary()
     assert manager.snapshot(run_id).step == 5
     assert manager.cancel(run_id) is False
 
@@ -280,14 +280,15 @@ def test_snapshot_is_a_copy(manager_for):
     snap = manager.snapshot(run_id)
     snap.metrics["steps"].clear()
     snap.metrics["epochs"][0]["confusion"][0][0] = 99
-    snap.summary["val_acc"] = -1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.summary.val_acc = -1  # type: ignore[misc]
     snap.info.clear()
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.status = "finished"  # type: ignore[misc]
     again = manager.snapshot(run_id)
     assert len(again.metrics["steps"]) == 6
     assert again.metrics["epochs"][0]["confusion"][0][0] == 1
-    assert again.summary["val_acc"] == 0.5 and again.info["epochs"] == 2
+    assert again.summary.val_acc == 0.5 and again.info["epochs"] == 2
 
 
 def test_live_snapshot_while_running(manager_for):
@@ -359,7 +360,7 @@ def test_snapshot_of_runs_from_disk_and_unknown_ids(store, manager_for):
     later = manager_for(Engine())  # a new process, as far as memory goes
     snap = later.snapshot(run_id)
     assert (snap.status, snap.owner, snap.progress, snap.step) == ("finished", "bob", 1.0, 6)
-    assert len(snap.metrics["epochs"]) == 2 and snap.summary["name"] == "a"
+    assert len(snap.metrics["epochs"]) == 2 and snap.summary.classes == ["a"]
     assert later.wait(run_id) == runs.FINISHED
     assert later.snapshot("20200101-000000-0000") is None
     assert later.snapshot("../../etc/passwd") is None
@@ -429,12 +430,12 @@ def _until(condition, timeout=TIMEOUT):
 
 def test_by_default_runs_train_in_a_worker_process_and_no_module_is_imported_late(tmp_path):
     """The engine's modules come with core.jobs (its thread never imports one lazily: a page thread once
-    saw a half-imported pandas that way), and the default engine is the worker process of core.worker."""
+    saw a half-imported pandas that way), and the default engine is the worker process of core.jobs.worker."""
     import sys
 
-    from core.worker import ProcessTrainer
+    from core.jobs import ProcessTrainer
 
-    assert "core.training" in sys.modules and hasattr(sys.modules["pandas"], "Series")
+    assert "core.engine.run" in sys.modules and hasattr(sys.modules["pandas"], "Series")
     manager = JobManager(RunStore(tmp_path / "runs"))
     try:
         assert isinstance(manager._train_fn, ProcessTrainer) and manager._train_fn.pid is None  # started on demand

@@ -1,8 +1,8 @@
-"""core.livebytes: live tensor bytes counted op by op."""
+"""core.estimate.livebytes: live tensor bytes counted op by op."""
 
 import torch
 
-from core.livebytes import LiveBytes
+from core.estimate import LiveBytes
 
 
 def test_counts_new_storages_and_frees_them():

@@ -1,7 +1,7 @@
-"""core.memory: a whole run's device memory, estimated before it starts and held against a real run.
+"""core.estimate.memory: a whole run's device memory, estimated before it starts and held against a real run.
 
-The runs are the engine's own (`core.training.train`) on the CPU at 64 px,
-measured with `core.livebytes.LiveBytes` (the peak of live tensor bytes, what
+The runs are the engine's own (`core.engine.train`) on the CPU at 64 px,
+measured with `core.estimate.LiveBytes` (the peak of live tensor bytes, what
 `torch.cuda.max_memory_allocated` reports on a GPU).
 """
 
@@ -10,12 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.costs import cost_profile
 from core.data import load_dataset
-from core.livebytes import LiveBytes
-from core.memory import cached_calls, run_memory
-from core.training import train
-from tests.test_training import _isolated, Recorder, config_for, draw_folder  # noqa: F401 (an autouse fixture)
+from core.engine import train
+from core.estimate import LiveBytes, cached_calls, cost_profile, run_memory
+from tests.test_training import Recorder, _isolated, config_for, draw_folder  # noqa: F401 (an autouse fixture)
 
 CPU = torch.device("cpu")
 
@@ -44,8 +42,8 @@ def test_run_estimate_matches_the_peak_of_a_real_run(folder, tmp_path, arch, pre
     est = estimate_for(config)
     with LiveBytes(device_type="cpu") as mem:  # meta tensors (shape checks on skeletons) hold no memory
         result = train(config, Recorder(), device=CPU, runs_dir=tmp_path / "runs")
-    assert est.feature_cache.used == result.summary["feature_cache"]["used"]
-    assert est.feature_cache.prefix == result.summary["feature_cache"]["prefix"]
+    assert est.feature_cache.used == result.summary.feature_cache["used"]
+    assert est.feature_cache.prefix == result.summary.feature_cache["prefix"]
     assert est.peak_bytes == pytest.approx(mem.peak, rel=0.03)
 
 
@@ -100,7 +98,7 @@ def test_run_estimate_on_cuda(folder, tmp_path, preset):
     device = torch.device("cuda")
     est = estimate_for(config, device=device)
     result = train(config, Recorder(), device=device, runs_dir=tmp_path / "runs")
-    assert est.peak_bytes == pytest.approx(result.summary["peak_mem_bytes"], rel=0.25)
+    assert est.peak_bytes == pytest.approx(result.summary.peak_mem_bytes, rel=0.25)
 
 
 def _resnet18():

@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from core import models
-from core.models import CATALOG, CheckpointError, WeightsUnavailableError, build_model, build_skeleton
+from core.models import (
+    CATALOG,
+    CheckpointError,
+    WeightsUnavailableError,
+    build_model,
+    build_skeleton,
+)
 
 
 @pytest.mark.parametrize("arch", list(CATALOG))

@@ -7,8 +7,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
-from core.costs import cost_profile, human_bytes
-from core.memory import run_memory
+from core.estimate import cost_profile, human_bytes, run_memory
 from ui.manager import get_manager
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
@@ -193,7 +192,7 @@ def test_cost_tab_shows_a_whole_run_once_the_dataset_is_known():
     assert last[""].startswith("Peak for the run (during ") and last["This choice"] == peak
     assert "Decoded images on the device (240)" in list(run_table[""])
     assert any("features cached up to `flatten`" in m.value for m in at.markdown)
-    # the same figure as core.memory gives for that draft
+    # the same figure as core.estimate.run_memory gives for that draft
     expected = run_memory(cost_profile("resnet18", 10, (64, 64)), at.session_state["draft"], train_images=192,
                           val_images=48, device=torch.device("cpu"))
     assert peak == human_bytes(expected.peak_bytes)

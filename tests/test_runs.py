@@ -11,9 +11,9 @@ from datetime import datetime
 import pytest
 import torch
 
-from core import runs
 from core.config import RunConfig
-from core.runs import RunStore
+from core.store import RunStore, runs
+from core.summary import RunSummary
 
 CONFIG = RunConfig(arch="resnet18", preset="head", dataset="demo-target", epochs=2)
 
@@ -40,7 +40,7 @@ def test_create_and_load_round_trip(store):
     assert record.started is None and record.finished is None
     assert datetime.fromisoformat(record.created).tzinfo is not None
     assert record.metrics == {"steps": [], "epochs": []}
-    assert record.summary == {}
+    assert record.summary == RunSummary()
     assert not record.has_weights
     assert store.exists(run_id)
     meta = json.loads((store.root / run_id / "run.json").read_text())
@@ -135,12 +135,13 @@ def test_metrics_and_summary_round_trip(store):
         "epochs": [{"epoch": 1, "val_acc": 0.5, "confusion": [[1, 0], [1, 0]]}],
     }
     store.write_metrics(run_id, metrics)
-    summary = {"val_acc": torch.tensor(0.75), "trainable": 1234, "device": torch.device("cpu"), "groups": ("fc",)}
+    summary = RunSummary(val_acc=torch.tensor(0.75), trainable_params=1234, device=torch.device("cpu"),
+                         param_groups=("fc",))
     store.write_summary(run_id, summary)
     record = store.load(run_id)
     assert record.metrics["steps"][0] == [1, 1, 2.5]
     assert record.metrics["epochs"] == metrics["epochs"]
-    assert record.summary == {"val_acc": 0.75, "trainable": 1234, "device": "cpu", "groups": ["fc"]}
+    assert record.summary == RunSummary(val_acc=0.75, trainable_params=1234, device="cpu", param_groups=["fc"])
 
 
 def test_record_reads_metrics_lazily_then_keeps_them(store):
@@ -224,12 +225,12 @@ def test_crash_mid_write_keeps_old_file(store, monkeypatch):
 
 def test_unserialisable_summary_changes_nothing(store):
     run_id = store.create(CONFIG)
-    store.write_summary(run_id, {"ok": 1})
+    store.write_summary(run_id, RunSummary(val_acc=1.0))
     circular: dict = {}
     circular["self"] = circular
     with pytest.raises(ValueError, match="(?i)circular"):
-        store.write_summary(run_id, {"audit": circular})
-    assert store.load(run_id).summary == {"ok": 1}
+        store.write_summary(run_id, RunSummary(freeze_audit=circular))
+    assert store.load(run_id).summary == RunSummary(val_acc=1.0)
     assert leftovers(store) == []
 
 

@@ -13,23 +13,20 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from core import training
 from core.config import RunConfig
 from core.data import DatasetError
-from core.freezing import is_frozen_bn, preset_frozen, set_frozen, set_train_mode
-from core.jobs import RunCancelled
-from core.models import build_model, build_skeleton
-from core.features import forward_chain, run_chain
-from core.training import (
-    FAULT_ENV,
+from core.engine import FAULT_ENV, build_optimizer, train
+from core.engine import run as training
+from core.engine.augment import (
     augment_batch,
-    batch_slices,
-    build_optimizer,
     color_jitter,
     random_flip,
     random_resized_crop,
-    train,
 )
+from core.engine.loop import batch_slices
+from core.freezing import is_frozen_bn, preset_frozen, set_frozen
+from core.jobs import RunCancelled
+from core.models import build_model, build_skeleton, forward_chain, run_chain
 
 CPU = torch.device("cpu")
 CLASSES = ("disc", "box", "wedge")
@@ -143,7 +140,7 @@ def test_nothing_trainable_is_refused():
 def test_head_only_run_keeps_frozen_weights_and_bn_statistics(folder, tmp_path):
     config = config_for(folder, "last1", feature_cache=False)
     result, monitor = run(config, tmp_path)
-    audit = result.summary["freeze_audit"]
+    audit = result.summary.freeze_audit
     assert audit == {"ok": True, "checked_tensors": audit["checked_tensors"], "changed": []}
     assert audit["checked_tensors"] > 0
     # Our own check against the same seeded starting model: frozen BN buffers untouched, trainable layer moved.
@@ -170,7 +167,7 @@ def test_head_only_run_keeps_frozen_weights_and_bn_statistics(folder, tmp_path):
         assert key in record, key
     assert len(record["per_class_acc"]) == 3 and len(record["confusion"]) == 3
     assert sum(map(sum, record["confusion"])) == monitor.info["val_size"]
-    assert result.summary["classes"] == sorted(CLASSES)
+    assert result.summary.classes == sorted(CLASSES)
 
 
 def test_frozen_bn_statistics_move_when_the_switch_is_off(folder, tmp_path):
@@ -179,10 +176,10 @@ def test_frozen_bn_statistics_move_when_the_switch_is_off(folder, tmp_path):
     torch.manual_seed(0)
     start = build_model("resnet18", 3).state_dict()
     assert not torch.equal(result.state_dict["bn1.running_mean"], start["bn1.running_mean"])
-    audit = result.summary["freeze_audit"]
+    audit = result.summary.freeze_audit
     assert audit["ok"] and "bn1.running_mean" not in audit["changed"]  # not supposed to stay: not checked
     with_switch, _ = run(config.replace(bn_frozen_eval=True), tmp_path)
-    assert with_switch.summary["freeze_audit"]["checked_tensors"] > audit["checked_tensors"]
+    assert with_switch.summary.freeze_audit["checked_tensors"] > audit["checked_tensors"]
     assert torch.equal(with_switch.state_dict["bn1.running_mean"], start["bn1.running_mean"])
 
 
@@ -207,31 +204,31 @@ def test_cancel_stops_at_the_next_batch(folder, tmp_path):
 def test_feature_cache_for_head_only_matches_the_full_forward(folder, tmp_path):
     cached, with_cache = run(config_for(folder, "head"), tmp_path)
     plain, without = run(config_for(folder, "head", feature_cache=False), tmp_path)
-    assert cached.summary["feature_cache"]["used"] and cached.summary["feature_cache"]["prefix"] == "flatten"
+    assert cached.summary.feature_cache["used"] and cached.summary.feature_cache["prefix"] == "flatten"
     assert with_cache.info["feature_cache"]["used"]
-    assert not plain.summary["feature_cache"]["used"] and plain.summary["feature_cache"]["reason"]
+    assert not plain.summary.feature_cache["used"] and plain.summary.feature_cache["reason"]
     assert with_cache.losses == pytest.approx(without.losses, rel=1e-4)
-    assert cached.summary["val_acc"] == plain.summary["val_acc"]
+    assert cached.summary.val_acc == plain.summary.val_acc
     assert torch.allclose(cached.state_dict["fc.weight"], plain.state_dict["fc.weight"], atol=1e-5)
 
 
 def test_feature_cache_is_off_with_augmentation(folder, tmp_path):
     result, monitor = run(config_for(folder, "head", augment=("flip",), epochs=1), tmp_path)
-    cache = result.summary["feature_cache"]
+    cache = result.summary.feature_cache
     assert not cache["used"] and "augmentation" in cache["reason"]
     assert monitor.info["feature_cache"] == cache | {"build_s": cache["build_s"]}
 
 
 def test_gradual_unfreezing_switches_groups(folder, tmp_path):
     result, monitor = run(config_for(folder, "full", unfreeze_after=1, epochs=2), tmp_path)
-    unfreezing = result.summary["gradual_unfreezing"]
+    unfreezing = result.summary.gradual_unfreezing
     assert unfreezing["after_epoch"] == 1
     assert [g["name"] for g in unfreezing["head_only_groups"]] == ["head"]
     assert [g["name"] for g in unfreezing["groups"]] == ["head", "backbone"]
     assert unfreezing["head_only_feature_cache"]["used"]  # the head-only phase trains on cached features
     assert list(monitor.epochs[0]["lrs"]) == ["head"] and list(monitor.epochs[1]["lrs"]) == ["head", "backbone"]
     assert monitor.epochs[1]["lrs"]["backbone"] == pytest.approx(0.001)
-    assert result.summary["freeze_audit"]["checked_tensors"] == 0  # nothing is frozen at the end
+    assert result.summary.freeze_audit["checked_tensors"] == 0  # nothing is frozen at the end
     assert "conv1.weight" in result.state_dict
 
 
@@ -305,13 +302,14 @@ def test_padded_batches_without_autograd_give_the_same_results():
     """On CUDA the passes without autograd pad their last batch to the training batch size (one input
     shape per run for cuDNN's autotuning); the padding must not change a single result."""
     from core.data import preprocess_for
-    from core.training import Feeder, Loop, Split, compute_features, evaluate
+    from core.engine.features import compute_features
+    from core.engine.loop import Feeder, Loop, Split, evaluate
 
     torch.manual_seed(0)
     model = build_model("resnet18", 3).eval()
     split = Split(torch.randint(0, 256, (13, 3, 32, 32), dtype=torch.uint8), torch.arange(13) % 3)
     feeder = Feeder(CPU, preprocess_for("resnet18", "none", (32, 32)), (), torch.Generator())
-    plain, padded = (Loop(Recorder(), feeder, None, 4, training._Fault(None), pad_batches=pad) for pad in (False, True))
+    plain, padded = (Loop(Recorder(), feeder, None, 4, pad_batches=pad) for pad in (False, True))
     assert [(len(i), r) for i, r in padded.no_grad_batches(13)] == [(4, 4), (4, 4), (4, 4), (4, 1)]
     assert [(len(i), r) for i, r in plain.no_grad_batches(13)] == [(4, 4), (4, 4), (4, 4), (1, 1)]
     a, b = (evaluate(model, split, loop, 3, features=False) for loop in (plain, padded))
@@ -341,10 +339,10 @@ def test_cuda_run_bf16_channels_last(folder, tmp_path, preset):
         config = config_for(folder, preset, augment=augment)
         result = train(config, monitor, device=torch.device("cuda"), runs_dir=tmp_path / "runs")
         summary = result.summary
-        assert summary["device"].startswith("cuda") and summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
-        assert summary["freeze_audit"]["ok"] and summary["freeze_audit"]["checked_tensors"] > 0
-        assert summary["feature_cache"]["used"] == (not augment)
-        assert summary["peak_mem_bytes"] > 0 and all(math.isfinite(loss) for loss in monitor.losses)
+        assert summary.device.startswith("cuda") and summary.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+        assert summary.freeze_audit["ok"] and summary.freeze_audit["checked_tensors"] > 0
+        assert summary.feature_cache["used"] == (not augment)
+        assert summary.peak_mem_bytes > 0 and all(math.isfinite(loss) for loss in monitor.losses)
         assert all(t.device.type == "cpu" for t in result.state_dict.values())
 
 
@@ -355,9 +353,9 @@ def test_images_per_second_is_images_over_training_time_not_a_mean_of_rates(fold
     rec = Recorder()
     summary = train(config, rec, device=CPU).summary
     epochs = rec.epochs
-    n_train = summary["train_size"]
+    n_train = summary.train_size
     assert all(e["images_per_s"] == pytest.approx(n_train / e["train_time_s"]) for e in epochs)
-    assert summary["images_per_s"] == pytest.approx(n_train * 3 / sum(e["train_time_s"] for e in epochs))
+    assert summary.images_per_s == pytest.approx(n_train * 3 / sum(e["train_time_s"] for e in epochs))
     assert epochs[0]["train_time_s"] > epochs[1]["train_time_s"]  # the first epoch computes the cached features
 
 
@@ -375,8 +373,8 @@ def test_a_class_without_validation_images_has_no_accuracy_not_zero(tmp_path):
     config = RunConfig(dataset=str(root), num_classes=3, image_size=(32, 32), epochs=1, batch_size=4)
     rec = Recorder()
     summary = train(config, rec, device=CPU).summary
-    acc = summary["per_class_acc"]
-    assert summary["classes"] == ["box", "disc", "wedge"] and acc[2] is None
+    acc = summary.per_class_acc
+    assert summary.classes == ["box", "disc", "wedge"] and acc[2] is None
     assert all(a is not None for a in acc[:2])
     confusion = rec.epochs[-1]["confusion"]
-    assert summary["val_acc"] == pytest.approx((confusion[0][0] + confusion[1][1]) / 4)
+    assert summary.val_acc == pytest.approx((confusion[0][0] + confusion[1][1]) / 4)

@@ -1,4 +1,4 @@
-"""Training in a worker process (`core.worker.ProcessTrainer`), supervised by the job manager's thread.
+"""Training in a worker process (`core.jobs.ProcessTrainer`), supervised by the job manager's thread.
 
 Each test spawns a real worker (torch's import in it takes a few seconds) and trains tiny runs.
 """
@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
 import torch
 
-from core import runs
 from core.config import RunConfig
-from core.jobs import JobManager, RunMonitor, execute
+from core.jobs import JobManager, ProcessTrainer, RunMonitor, execute
 from core.models import build_model
-from core.runs import RunStore
-from core.worker import ProcessTrainer
+from core.store import RunStore, runs
 from tests.test_training import draw_folder
 
 TIMEOUT = 180
@@ -73,7 +70,7 @@ def test_the_app_trains_in_a_worker_process_with_the_same_results_as_in_process(
         torch.set_num_threads(threads)
     same = store.load(here)
     assert [s[2] for s in snap.metrics["steps"]] == pytest.approx([s[2] for s in same.metrics["steps"]], abs=1e-5)
-    assert snap.summary["val_acc"] == same.summary["val_acc"]
+    assert snap.summary.val_acc == same.summary.val_acc
     weights, weights_here = manager.store.load_weights(run_id), store.load_weights(here)
     assert weights.keys() == weights_here.keys()
     assert all(torch.allclose(weights[k].float(), weights_here[k].float(), atol=1e-5) for k in weights)
@@ -113,7 +110,7 @@ def test_a_segfault_in_training_fails_the_run_not_the_server(folder, manager, mo
 
 def test_stop_reaches_the_worker_within_a_batch(folder, manager):
     long = manager.submit(config(folder, epochs=200))
-    snap = wait_for_step(manager, long)
+    wait_for_step(manager, long)
     assert manager.cancel(long)
     assert manager.wait(long, 60) == runs.CANCELLED
     assert manager.store.load(long).reason == "cancelled while training"
@@ -122,12 +119,12 @@ def test_stop_reaches_the_worker_within_a_batch(folder, manager):
 def test_a_stride_0_checkpoint_sent_through_the_queue_leaves_the_server_running(folder, tmp_path, manager, monkeypatch):
     """Whatever the loader does with the crafted checkpoint of the hostile-input issue, it happens in the
     worker: here the pre-check is bypassed, so the worker's own loader meets the file."""
-    import core.jobs
+    import core.jobs.manager
 
     state = build_model("resnet18", 3).state_dict()
     state["fc.weight"] = torch.zeros(1).expand(3, 512)
     torch.save(state, tmp_path / "stride0.pt")
-    monkeypatch.setattr(core.jobs, "check_runnable", lambda config, store: None)
+    monkeypatch.setattr(core.jobs.manager, "check_runnable", lambda config, store: None)
     run_id = manager.submit(config(folder, weights=str(tmp_path / "stride0.pt")))
     assert manager.wait(run_id, TIMEOUT) == runs.FAILED
     assert "strides (0, 0)" in manager.store.load(run_id).reason
@@ -164,6 +161,6 @@ def test_a_run_left_mid_way_by_its_supervisor_does_not_leave_the_worker_out_of_s
         second = store.create(config(folder, seed=7))
         monitor = RunMonitor(store, second)
         result = trainer(store.load(second).config, monitor, device=torch.device("cpu"), runs_dir=store.root)
-        assert result.summary["epochs"] == 1 and [s[0] for s in monitor.metrics()["steps"]] == list(range(1, 4))
+        assert result.summary.epochs == 1 and [s[0] for s in monitor.metrics()["steps"]] == list(range(1, 4))
     finally:
         trainer.close()

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.config import DEMO_BACKBONE, DEMO_BACKBONE_NAME, changed_fields, transfer_from_demo_backbone
+from core.config import (
+    DEMO_BACKBONE,
+    DEMO_BACKBONE_NAME,
+    changed_fields,
+    transfer_from_demo_backbone,
+)
 from core.data import dataset_name
 from core.freezing import preset_label
 from core.jobs import JobManager

@@ -130,7 +130,7 @@ def freezing_figure(table) -> go.Figure:
 
 
 def compare_curves_figure(table, y: str, x: str = "epoch", title: str = "") -> go.Figure:
-    """One line per run of column `y` against `x` ("epoch" or "time_s") from `core.compare.curves`."""
+    """One line per run of column `y` against `x` ("epoch" or "time_s") from `core.analysis.compare.curves`."""
     fig = go.Figure()
     for i, (run, part) in enumerate(table.groupby("run", sort=False)):
         fig.add_scatter(x=part[x], y=part[y], name=run, mode="lines+markers", line=dict(color=_run_colour(i)))
@@ -140,7 +140,7 @@ def compare_curves_figure(table, y: str, x: str = "epoch", title: str = "") -> g
 
 
 def runs_scatter_figure(table, x: str, title: str, log_x: bool = False) -> go.Figure:
-    """Best validation accuracy of each run against column `x` of `core.compare.runs_table`."""
+    """Best validation accuracy of each run against column `x` of `core.analysis.compare.runs_table`."""
     import math
 
     fig = go.Figure()

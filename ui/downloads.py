@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import compare
-from core.runs import RunRecord
+from core.analysis import compare
+from core.store import RunRecord
 
 
 def run_downloads(record: RunRecord, runs_dir: Path, key: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.jobs import JobManager
-from core.runs import RunStore
+from core.store import RunStore
 
 
 def _release(manager: JobManager) -> None:

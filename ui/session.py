@@ -10,7 +10,6 @@ link without ``?tab=``, starts fresh.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import uuid

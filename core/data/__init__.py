@@ -9,8 +9,21 @@ Submodules, one concern each: `sources` (dataset references, demo world, torchvi
 from core.config import dataset_name
 from core.data.dataset import Dataset, DatasetError, Progress, Sample
 from core.data.folders import SPLIT_NAMES, load_folder
-from core.data.images import IMAGE_EXTENSIONS, IMAGE_FORMATS, MAX_IMAGE_PIXELS, open_image, preview
-from core.data.sources import DEMO_DATASETS, TORCHVISION_DATASETS, demo_ref, load_dataset, parse_demo_ref, prepare_dataset
+from core.data.images import (
+    IMAGE_EXTENSIONS,
+    IMAGE_FORMATS,
+    MAX_IMAGE_PIXELS,
+    open_image,
+    preview,
+)
+from core.data.sources import (
+    DEMO_DATASETS,
+    TORCHVISION_DATASETS,
+    demo_ref,
+    load_dataset,
+    parse_demo_ref,
+    prepare_dataset,
+)
 from core.data.tensors import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -14,10 +14,9 @@ import random
 import stat
 from pathlib import Path
 
-from core.files import atomic_write
-
 from core.data.dataset import Dataset, DatasetError, Progress, Sample
 from core.data.images import CHECK_DRAFT, IMAGE_EXTENSIONS, open_image
+from core.files import atomic_write
 
 MAX_PATH_DEPTH = 32  # folders within a dataset (a zip entry's or a file's depth): datasets need two or three
 MAX_OTHER_FILES = 10_000  # files that are not images, past which (and past the images) a folder is no dataset

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from core.files import load_tensor, save_tensor
 from PIL import Image
 
 from core import config
 from core.data.dataset import DatasetError, Progress
 from core.data.images import open_image
+from core.files import load_tensor, save_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

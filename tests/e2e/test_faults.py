@@ -12,8 +12,15 @@ import pytest
 from playwright.sync_api import expect
 
 from core.jobs import OOM_REASON
-from core.runs import INTERRUPTED_REASON, RunStore
-from tests.e2e.conftest import ONE_THREAD, AppServer, open_train, open_train_small, start_run, wait_idle
+from core.store import INTERRUPTED_REASON, RunStore
+from tests.e2e.conftest import (
+    ONE_THREAD,
+    AppServer,
+    open_train,
+    open_train_small,
+    start_run,
+    wait_idle,
+)
 
 LONG = 180_000  # ms: generous, the machine is shared and slow
 STEPS_PER_EPOCH = 8

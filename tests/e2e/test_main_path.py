@@ -22,7 +22,7 @@ from playwright.sync_api import Locator, Page, expect
 from core.data import demo
 from core.freezing import model_structure, preset_frozen
 from core.models import build_skeleton
-from core.runs import RunStore
+from core.store import RunStore
 from tests.e2e.conftest import ONE_THREAD, AppServer, wait_idle
 
 ARCH, CLASSES, SIZE = "resnet18", 4, 32  # demo-target has 4 classes; 32 px keeps a CPU epoch near a second

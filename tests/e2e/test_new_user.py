@@ -9,8 +9,14 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from core.runs import RunStore
-from tests.e2e.conftest import ONE_THREAD, AppServer, open_train_small, url_run_id, wait_idle
+from core.store import RunStore
+from tests.e2e.conftest import (
+    ONE_THREAD,
+    AppServer,
+    open_train_small,
+    url_run_id,
+    wait_idle,
+)
 from tests.e2e.test_main_path import choose, fill_number, nav, snap
 
 

@@ -10,8 +10,15 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from core.runs import RunStore
-from tests.e2e.conftest import ONE_THREAD, AppServer, open_train_small, start_run, url_run_id, wait_idle
+from core.store import RunStore
+from tests.e2e.conftest import (
+    ONE_THREAD,
+    AppServer,
+    open_train_small,
+    start_run,
+    url_run_id,
+    wait_idle,
+)
 
 LONG = 180_000  # ms: generous, the machine is shared and slow
 

@@ -14,7 +14,7 @@ is testable on its own:
 - `per_class`, `per_class_difference`, `confusion`: per-class accuracy of the
   final epoch, the difference between two runs, the confusion matrix;
 - `misclassified`: validation images the run gets wrong, highest loss first,
-  recomputed with the run's own model (`core.inference`);
+  recomputed with the run's own model (`core.analysis.inference`);
 - `weights_bytes`, `metrics_csv`, `table_csv`: the exports.
 """
 
@@ -28,12 +28,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from core.analysis.inference import (
+    load_run_model,
+    logits_of,
+    per_sample_loss,
+    run_classes,
+)
 from core.config import RunConfig
 from core.data import decode_images, load_dataset
 from core.freezing import model_structure, preset_label
-from core.inference import load_run_model, logits_of, per_sample_loss, run_classes
-from core.models import run_state_dict
-from core.runs import RunRecord
+from core.store import RunRecord, run_state_dict
 
 MiB = 2**20
 
@@ -56,16 +60,16 @@ def _epochs(record: RunRecord) -> list[dict]:
 
 def trainable_params(record: RunRecord) -> int:
     """Trainable parameters of the run: as the engine counted them, else from its config."""
-    for source in (record.summary, record.metrics.get("info") or {}):
-        if isinstance(source.get("trainable_params"), int):
-            return source["trainable_params"]
+    for counted in (record.summary.trainable_params, (record.metrics.get("info") or {}).get("trainable_params")):
+        if isinstance(counted, int):
+            return counted
     tree, _ = model_structure(record.config.arch, record.config.num_classes)
     return tree.counts(record.config.frozen)[0]
 
 
 def _time_s(record: RunRecord) -> float | None:
-    if isinstance(record.summary.get("total_time_s"), (int, float)):
-        return float(record.summary["total_time_s"])
+    if record.summary.total_time_s is not None:
+        return float(record.summary.total_time_s)
     epochs = _epochs(record)
     return sum(e.get("epoch_time_s", 0.0) for e in epochs) if epochs else record.elapsed_s()
 
@@ -83,7 +87,7 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     rows = []
     for label, r in zip(run_labels(records), records):
         epochs = _epochs(r)
-        ips = r.summary.get("images_per_s")
+        ips = r.summary.images_per_s
         if ips is None and epochs:  # in flight: training images over training time so far
             seconds = sum(e["train_time_s"] for e in epochs if "train_time_s" in e)
             images = sum(e["images_per_s"] * e["train_time_s"] for e in epochs if "train_time_s" in e)
@@ -244,7 +248,7 @@ def misclassified(record: RunRecord, *, device: torch.device | str = "cpu", limi
     confidence (the predicted class's probability).
     """
     config = record.config
-    clf = load_run_model(record, device, record.summary.get("precision", "fp32"), runs_dir=runs_dir)
+    clf = load_run_model(record, device, record.summary.precision or "fp32", runs_dir=runs_dir)
     dataset = load_dataset(config.dataset, data_dir=data_dir, val_fraction=config.val_fraction, seed=config.seed)
     if list(dataset.classes) != clf.classes:
         raise ValueError(f"The dataset {config.dataset!r} now has other classes than run {record.name!r} was trained on.")

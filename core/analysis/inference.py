@@ -2,7 +2,7 @@
 
 `load_run_model(record)` rebuilds a run's network exactly as it ended: the
 architecture with a fresh head (`core.models.build_model`), then the run's
-full final state dict (`core.models.run_state_dict`: its saved tensors on top
+full final state dict (`core.store.run_state_dict`: its saved tensors on top
 of its own starting weights), loaded with `require_head=True` so a head of the
 wrong size is refused, and every key must be present. `load_imagenet_model(arch)`
 gives the stock torchvision model with its 1000 ImageNet categories
@@ -48,9 +48,8 @@ from core.models import (
     imagenet_available,
     imagenet_weights,
     load_checkpoint,
-    run_state_dict,
 )
-from core.runs import FINISHED, WEIGHTS_FILE, RunRecord, RunStore
+from core.store import FINISHED, WEIGHTS_FILE, RunRecord, RunStore, run_state_dict
 
 BATCH = 64  # images per forward pass
 
@@ -93,7 +92,7 @@ def _precision(precision: str, device: torch.device) -> str:
 
 def run_classes(record: RunRecord) -> list[str]:
     """The run's class names (index = output unit), from its summary or start info."""
-    classes = record.summary.get("classes") or (record.metrics.get("info") or {}).get("classes")
+    classes = record.summary.classes or (record.metrics.get("info") or {}).get("classes")
     if not classes:
         classes = [f"class {i}" for i in range(record.config.num_classes)]
     return [str(c) for c in classes]

@@ -13,7 +13,7 @@ figure does, and nothing of an op's private scratch space (cuDNN workspaces
 and the like are not tensors the op returns). Storages that existed before
 the mode was entered are not seen unless passed to `track`.
 
-Used by `core.costs` (the working set of each layer, on the meta device) and
+Used by `core.estimate.profile` (the working set of each layer, on the meta device) and
 by the tests that hold the memory estimate against a real run on the CPU.
 """
 

@@ -1,18 +1,18 @@
 """Device memory of a whole training run, before it starts: the Model page's "peak for a run".
 
-`core.costs.estimate` costs one training step. A run of the engine
-(`core.training.train`) also keeps, from start to end:
+`core.estimate.costs.estimate` costs one training step. A run of the engine
+(`core.engine.train`) also keeps, from start to end:
 
 - the decoded training and validation images (uint8, [N, 3, H, W]) on the
   device when they fit (`core.devices.fits_on_device`);
-- with the feature cache (`core.features.plan_features`, the same decision the
+- with the feature cache (`core.estimate.features.plan_features`, the same decision the
   engine makes), the prefix's output for every image, in the run's precision;
 
 and its memory peaks in one of these moments (`RunMemory.moments`):
 
 - **feature pass**: every weight, the images, the features and the working set
   of the prefix at the batch size, without autograd
-  (`core.training.compute_features`);
+  (`core.engine.features.compute_features`);
 - **training step**: `Costs.total_bytes` of what is not cached (weights,
   gradients, optimizer state, saved activations, working set, bf16 weight
   copies), with the images and features still there;
@@ -41,11 +41,13 @@ import torch
 from torch import nn
 
 from core.config import RunConfig
-from core.costs import Costs, CostProfile, estimate, forward_pass_bytes, human_bytes
 from core.devices import amp_dtype, fits_on_device
-from core.features import FeaturePlan, feature_budget, forward_chain, plan_features
-from core.freezing import is_frozen_bn, preset_frozen, set_frozen, set_train_mode
-from core.models import build_skeleton
+from core.estimate.costs import Costs, estimate, forward_pass_bytes
+from core.estimate.features import FeaturePlan, feature_budget, plan_features
+from core.estimate.profile import CostProfile
+from core.estimate.units import human_bytes
+from core.freezing import is_frozen_bn, phase_plan, set_frozen, set_train_mode
+from core.models import build_skeleton, forward_chain
 
 
 @dataclass(frozen=True)
@@ -119,11 +121,8 @@ def run_memory(profile: CostProfile, config: RunConfig, *, train_images: int, va
     """
     if skeleton is None:
         skeleton = build_skeleton(config.arch, config.num_classes)
-    phases = [tuple(config.frozen)]
-    if config.unfreeze_after > 0:
-        phases.insert(0, preset_frozen(skeleton, config.arch, "head"))
-    return max((_phase_memory(profile, config, frozen, train_images, val_images, device, skeleton)
-                for frozen in phases), key=lambda m: m.peak_bytes)
+    return max((_phase_memory(profile, config, phase.frozen, train_images, val_images, device, skeleton)
+                for phase in phase_plan(skeleton, config)), key=lambda m: m.peak_bytes)
 
 
 def _phase_memory(profile: CostProfile, config: RunConfig, frozen: tuple[str, ...], train_images: int,
@@ -141,7 +140,7 @@ def _phase_memory(profile: CostProfile, config: RunConfig, frozen: tuple[str, ..
 
     # The largest batch each pass forms: a split smaller than the batch is one batch of its own size,
     # except in the passes without autograd on CUDA, which pad every batch to the full size
-    # (`core.training.Loop.no_grad_batches`).
+    # (`core.engine.loop.Loop.no_grad_batches`).
     step_batch = min(config.batch_size, train_images)
     padded = device.type == "cuda"
     pass_batch = config.batch_size if padded else min(config.batch_size, max(train_images, val_images))

@@ -1,15 +1,20 @@
-"""The training engine's interface to whoever runs it: what it reports to, and how it is stopped.
+"""The training engine's interface to whoever runs it: what it reports, to what, and how it is stopped.
 
-The engine (`core.training.train`) reports to a `Monitor` and leaves by `RunCancelled` when the
+The engine (`core.engine.train`) reports to a `Monitor` and leaves by `RunCancelled` when the
 monitor asks it to stop (fastai's `CancelFitException` pattern: one exit, caught in one place,
 `core.jobs.execute`). Whoever supervises it (the job manager's thread, a worker process's pipe, the
 command line) implements the same protocol. `TrainingProcessDied` is what a supervisor raises when
-the process training a run ends without an answer.
+the process training a run ends without an answer. 
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+from core.summary import RunSummary
 
 
 class RunCancelled(Exception):
@@ -43,3 +48,11 @@ class Monitor(Protocol):
 
     def should_stop(self) -> bool:
         """Checked between batches; when true the engine raises `RunCancelled`."""
+
+
+@dataclass
+class TrainResult:
+    """What `core.engine.train` returns: the summary, and the weights the store saves."""
+
+    summary: RunSummary
+    state_dict: dict[str, Tensor]  # trainable parameters + all buffers, on the CPU

@@ -1,215 +1,36 @@
-"""The architecture catalog, weights sources, head replacement and checkpoint loading.
+"""State-dict checkpoints: read without running code, checked tensor by tensor, reported key by key.
 
-Every model is a stock torchvision classifier built with the current weights
-API (`weights=`), with its last linear layer replaced for `num_classes` the way
-torchvision users write it (`model.classifier[6] = nn.Linear(4096, n)`,
-`model.fc = nn.Linear(2048, n)`), so module names stay torchvision's own and
-code learned here carries over to a script.
-
-Weights sources (`weights` argument, also `RunConfig.weights`):
-
-- ``None`` / ``"none"``: random initialisation.
-- ``"imagenet"``: torchvision's default weights for the architecture, downloaded
-  once (with progress) into torch's usual hub cache and used from there.
-- a path to a state-dict checkpoint (``.pt``/``.pth``/``.safetensors``), loaded
-  the ``strict=False`` way and reported key by key (`LoadReport`).
-- ``"run:<id>"``: the final weights of an earlier Freeze Lab run.
-
-Checkpoints never run code: pickles are read with ``torch.load(weights_only=True)``.
+Pickles are read with ``torch.load(weights_only=True)``; every tensor becomes a dense, contiguous,
+finite copy of its own. `checkpoint_report` decides what loads the ``strict=False`` way and refuses a
+checkpoint of another architecture or with a head of the wrong size (`CheckpointError`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import stat
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from core.files import atomic_write
+from core.models.registry import arch_spec, get_module
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A state dict already read and checked, and what to call it in reports ("run baseline", a file name)."""
+
+    state: dict[str, torch.Tensor]
+    source: str
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is shown to the user as is."""
-
-
-class WeightsUnavailableError(ValueError):
-    """Pretrained weights could not be fetched (typically: no network)."""
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str  # torchvision builder name, e.g. "vgg19"
-    label: str  # what users call it, e.g. "VGG-19"
-    family: str  # "vgg", "alexnet", "resnet", "mobilenet_v3", "efficientnet", "densenet", "convnext"
-    head: str  # dotted path of the last Linear, replaced for num_classes
-    classifier: str  # dotted path of the whole classifier (the part after the convolutional trunk)
-
-
-_CLASSIFIER_HEADS = {
-    # family: (classifier path, head path)
-    "vgg": ("classifier", "classifier.6"),
-    "alexnet": ("classifier", "classifier.6"),
-    "resnet": ("fc", "fc"),
-    "mobilenet_v3": ("classifier", "classifier.3"),
-    "efficientnet": ("classifier", "classifier.1"),
-    "densenet": ("classifier", "classifier"),
-    "convnext": ("classifier", "classifier.2"),
-}
-
-
-def _spec(name: str, label: str, family: str) -> ArchSpec:
-    classifier, head = _CLASSIFIER_HEADS[family]
-    return ArchSpec(name, label, family, head, classifier)
-
-
-CATALOG: dict[str, ArchSpec] = {
-    s.name: s
-    for s in [
-        _spec("vgg11", "VGG-11", "vgg"),
-        _spec("vgg11_bn", "VGG-11 (BN)", "vgg"),
-        _spec("vgg16", "VGG-16", "vgg"),
-        _spec("vgg16_bn", "VGG-16 (BN)", "vgg"),
-        _spec("vgg19", "VGG-19", "vgg"),
-        _spec("vgg19_bn", "VGG-19 (BN)", "vgg"),
-        _spec("alexnet", "AlexNet", "alexnet"),
-        _spec("resnet18", "ResNet-18", "resnet"),
-        _spec("resnet34", "ResNet-34", "resnet"),
-        _spec("resnet50", "ResNet-50", "resnet"),
-        _spec("resnet101", "ResNet-101", "resnet"),
-        _spec("mobilenet_v3_large", "MobileNetV3-Large", "mobilenet_v3"),
-        _spec("efficientnet_b0", "EfficientNet-B0", "efficientnet"),
-        _spec("densenet121", "DenseNet-121", "densenet"),
-        _spec("convnext_tiny", "ConvNeXt-Tiny", "convnext"),
-    ]
-}
-
-
-def arch_spec(arch: str) -> ArchSpec:
-    """The catalog entry for `arch`; `ValueError` naming the choices if unknown."""
-    try:
-        return CATALOG[arch]
-    except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(CATALOG)}") from None
-
-
-def imagenet_weights(arch: str) -> tvm.WeightsEnum:
-    """torchvision's default (best) ImageNet weights enum member for `arch`."""
-    return tvm.get_model_weights(arch_spec(arch).name).DEFAULT
-
-
-def published_num_params(arch: str) -> int:
-    """The parameter count torchvision publishes for `arch` with 1000 classes."""
-    return imagenet_weights(arch).meta["num_params"]
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def imagenet_cache_path(arch: str) -> Path:
-    """Where torch's hub cache keeps (or will keep) the ImageNet weights file of `arch`."""
-    url = imagenet_weights(arch).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
-def imagenet_available(arch: str) -> bool:
-    """True when the ImageNet weights are already in the local cache (no download needed)."""
-    return imagenet_cache_path(arch).is_file()
-
-
-ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total or 0 if unknown)
-
-
-def download_imagenet_weights(arch: str, progress: ProgressFn | None = None, timeout: float = 20.0) -> Path:
-    """Fetch `arch`'s ImageNet weights into torch's hub cache, reporting progress.
-
-    Does nothing when the file is already cached. The download goes to a
-    temporary file that is checked against the hash prefix in torchvision's file
-    name and then renamed, so an interrupted download never leaves a broken
-    cache entry. Offline, raises `WeightsUnavailableError` with a way forward.
-    """
-    target = imagenet_cache_path(arch)
-    if target.is_file():
-        return target
-    url = imagenet_weights(arch).url
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".partial")
-    sha = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                sha.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise WeightsUnavailableError(
-            f"Could not download the ImageNet weights for {arch_spec(arch).label} ({exc}). "
-            "Without network access, choose random initialisation ('none'), a local checkpoint "
-            "file, or the weights of an earlier run (e.g. a backbone pretrained on the demo-source dataset)."
-        ) from None
-    # torchvision file names end in the first hex digits of the file's SHA-256 (torch.hub's rule).
-    expected = re.search(r"-([a-f0-9]+)\.", target.name)
-    if expected and not sha.hexdigest().startswith(expected.group(1)):
-        tmp.unlink(missing_ok=True)
-        raise WeightsUnavailableError(f"The download of {url} is corrupt (hash mismatch); try again.")
-    os.replace(tmp, target)
-    return target
-
-
-# --------------------------------------------------------------------------- building
-
-
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    """`model.get_submodule` with a `ValueError` that names the bad path."""
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        raise ValueError(f"{type(model).__name__} has no module {path!r}") from None
-
-
-def replace_head(model: nn.Module, arch: str, num_classes: int) -> nn.Module:
-    """Swap the last Linear for a fresh `nn.Linear(in_features, num_classes)`, in place.
-
-    Equivalent to `model.classifier[6] = nn.Linear(4096, num_classes)` for VGG or
-    `model.fc = nn.Linear(model.fc.in_features, num_classes)` for ResNet; the
-    module keeps its torchvision name. A head already of the right size is kept.
-    """
-    path = arch_spec(arch).head
-    old = get_module(model, path)
-    if not isinstance(old, nn.Linear):
-        raise TypeError(f"expected a Linear at {path!r}, found {type(old).__name__}")
-    if old.out_features == num_classes:
-        return model
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    parent_path, _, child = path.rpartition(".")
-    parent = get_module(model, parent_path) if parent_path else model
-    setattr(parent, child, new)  # Sequential children are named "0", "1", ...: setattr works for both
-    return model
-
-
-def build_skeleton(arch: str, num_classes: int) -> nn.Module:
-    """The model's structure on the `meta` device: no memory, no init cost.
-
-    Used for shapes, the layer tree and cost estimates, which depend only on
-    the architecture, the head size and the input size.
-    """
-    with torch.device("meta"):
-        model = tvm.get_model(arch_spec(arch).name, weights=None)
-        return replace_head(model, arch, num_classes)
 
 
 @dataclass
@@ -296,7 +117,7 @@ def _read_checkpoint_file(path: Path) -> bytes:
         raise CheckpointError(f"Cannot read the checkpoint {path}: {exc.strerror or exc}.") from None
 
 
-def _unsafe_load_reason(exc: Exception) -> str:
+def load_error_reason(exc: Exception) -> str:
     """What a refused `torch.load(weights_only=True)` met, in a few words (torch's own text advises unsafe loading)."""
     text = str(exc)
     if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
@@ -324,7 +145,7 @@ def read_state_dict(source: Path | str | bytes) -> dict[str, torch.Tensor]:
         except Exception as exc:  # UnpicklingError, RuntimeError, ... : never run what's inside
             raise CheckpointError(
                 f"The checkpoint {name} could not be read safely: it is not a plain state dict "
-                f"of tensors ({_unsafe_load_reason(exc)}). "
+                f"of tensors ({load_error_reason(exc)}). "
                 "Save it with torch.save(model.state_dict(), path) or as safetensors."
             ) from None
     else:
@@ -501,117 +322,3 @@ def load_checkpoint(
     assert set(result.missing_keys) <= set(report.missing) and all(
         k.endswith(".num_batches_tracked") for k in filled), "report and load disagree"
     return report
-
-
-def prepare_model(
-    arch: str,
-    num_classes: int,
-    weights: str | Path | None = None,
-    *,
-    progress: ProgressFn | None = None,
-    runs_dir: Path | None = None,
-) -> tuple[nn.Module, LoadReport | None]:
-    """`build_model`, also returning the `LoadReport` when a checkpoint or run was loaded."""
-    spec = arch_spec(arch)
-    if weights in (None, "none"):
-        return replace_head(tvm.get_model(spec.name, weights=None), arch, num_classes), None
-    if weights == "imagenet":
-        download_imagenet_weights(arch, progress)
-        imagenet = imagenet_weights(arch)
-        state = imagenet.get_state_dict(progress=False)
-        model = _meta_backbone(arch, num_classes)
-        try:
-            loaded = checkpoint_report(model, arch, state).loaded
-        except CheckpointError:  # keys torchvision's own builder renames on loading (DenseNet's old names)
-            loaded = []
-        if not _assign_all(model, state, loaded):
-            model = replace_head(tvm.get_model(spec.name, weights=imagenet, progress=False), arch, num_classes)
-        return model, None
-    if isinstance(weights, str) and weights.startswith("run:"):
-        state, source = run_state_dict(weights.removeprefix("run:"), arch, runs_dir=runs_dir)
-    else:
-        path = Path(weights)
-        state, source = read_state_dict(path), path.name
-    model = _meta_backbone(arch, num_classes)
-    report = checkpoint_report(model, arch, state, source=source)  # refuses a checkpoint of another architecture
-    if _assign_all(model, state, report.loaded):
-        return model, report
-    model = replace_head(tvm.get_model(spec.name, weights=None), arch, num_classes)  # a partial checkpoint
-    return model, load_checkpoint(model, arch, state, source=source)
-
-
-def _meta_backbone(arch: str, num_classes: int) -> nn.Module:
-    """`arch` built on the meta device (no memory, no random init), with a new `num_classes` head built
-    for real when the size differs (`replace_head` runs outside the meta context)."""
-    with torch.device("meta"):
-        model = tvm.get_model(arch_spec(arch).name, weights=None)
-    return replace_head(model, arch, num_classes)
-
-
-def _assign_all(model: nn.Module, state: dict[str, torch.Tensor], loaded: list[str]) -> bool:
-    """Give a `_meta_backbone` the tensors of `state` named in `loaded`, as they are
-    (`load_state_dict(assign=True)`, cast to the model's dtype where they differ), when that leaves
-    nothing on the meta device; False, and the model untouched, otherwise.
-
-    This skips computing a random init only to overwrite it: about a second for VGG-19 on a CPU.
-    A partial checkpoint, whose missing tensors keep torchvision's init, takes the long way.
-    """
-    own = model.state_dict()
-    keys = set(loaded)
-    if any(t.is_meta and k not in keys for k, t in own.items()):
-        return False
-    model.load_state_dict({k: state[k].to(own[k].dtype) for k in loaded}, strict=False, assign=True)
-    return True
-
-
-def build_model(
-    arch: str,
-    num_classes: int,
-    weights: str | Path | None = None,
-    *,
-    progress: ProgressFn | None = None,
-    runs_dir: Path | None = None,
-) -> nn.Module:
-    """A torchvision `arch` with a fresh `num_classes` head, from the given weights source.
-
-    `weights`: None/"none" (random init), "imagenet" (torchvision's default
-    weights, downloaded with `progress` if not cached), a checkpoint path, or
-    "run:<id>" (an earlier run's final weights). All parameters trainable.
-    """
-    return prepare_model(arch, num_classes, weights, progress=progress, runs_dir=runs_dir)[0]
-
-
-def run_state_dict(run_id: str, arch: str, *, runs_dir: Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """The full final state dict of run `run_id`, rebuilt from its stored weights.
-
-    A run stores only what it changed (its trainable parameters and its
-    buffers); the rest comes from the run's own starting weights, rebuilt the
-    same way, so a chain of runs (demo backbone -> target run) resolves
-    recursively.
-    """
-    from core.runs import RunStore  # the run store owns the runs directory
-
-    store = RunStore(runs_dir)
-    try:
-        record = store.load(run_id)
-    except KeyError:
-        raise CheckpointError(f"There is no run {run_id!r}.") from None
-    config = record.config
-    if config.arch != arch:
-        raise CheckpointError(
-            f"Run {record.name!r} trained a {arch_spec(config.arch).label}, not a {arch_spec(arch).label}."
-        )
-    if not store.weights_path(run_id).is_file():
-        raise CheckpointError(f"Run {record.name!r} has no saved weights (status: {record.status}).")
-    # The run's starting weights, rebuilt as its training built them: from random init the frozen
-    # tensors (stored nowhere) are drawn again from the run's seed. fork_rng leaves the caller's
-    # generator as it was.
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        model = build_model(config.arch, config.num_classes, config.weights, runs_dir=runs_dir)
-    try:
-        weights = store.load_weights(run_id)
-    except Exception as exc:  # a damaged or foreign weights.pt: never run code, never crash the page
-        raise CheckpointError(f"The weights file of run {record.name!r} is damaged ({_unsafe_load_reason(exc)}).") from None
-    model.load_state_dict(owned_tensors(weights, f"of run {record.name!r}"), strict=False)
-    return model.state_dict(), f"run {record.name}"

@@ -5,7 +5,7 @@ three viewers' one-second fragment reruns, and Streamlit's full garbage collecti
 run 24x slower by holding the GIL; and a crash in training (a segfault, the OOM killer) took every
 session down with the server.
 
-`ProcessTrainer` is a `TrainFn` (`core.jobs.execute` calls it as it calls `core.training.train`): it
+`ProcessTrainer` is a `TrainFn` (`core.jobs.execute` calls it as it calls `core.engine.train`): it
 hands one `RunConfig` at a time to a long-lived worker process (started with ``spawn``, CUDA-safe,
 reused across runs so a run does not pay torch's import), relays the worker's start, step and epoch
 reports to the run's `Monitor` in the calling thread, and returns the trained weights, which the
@@ -36,8 +36,9 @@ from pathlib import Path
 import torch
 
 from core.config import RunConfig
-from core.events import Monitor, TrainingProcessDied
-from core.training import TrainResult, train
+from core.engine import TrainResult, train
+from core.engine.events import Monitor, TrainingProcessDied
+from core.summary import RunSummary
 
 ENV_PREFIX = "FREEZE_LAB_"  # the environment a run reads (data folder, fault injection): sent with each run
 POLL_S = 0.1  # how often the supervising thread looks at the stop request and the worker's health
@@ -83,7 +84,7 @@ class ProcessTrainer:
                         monitor.on_start(payload[0])
                     elif kind == "done":
                         answered = True
-                        return TrainResult(summary=payload[0], state_dict=payload[1])
+                        return TrainResult(summary=RunSummary.from_dict(payload[0]), state_dict=payload[1])
                     elif kind == "error":
                         answered = True
                         exc, remote_traceback = payload
@@ -189,7 +190,7 @@ def serve(conn, stop, threads: int | None) -> None:
         try:
             result = train(RunConfig.from_dict(config), _PipeMonitor(conn, stop), device=torch.device(device),
                            runs_dir=Path(runs_dir))
-            conn.send(("done", result.summary, result.state_dict))
+            conn.send(("done", result.summary.to_dict(), result.state_dict))
         except Exception as exc:
             remote_traceback = traceback.format_exc()
             conn.send(("error", _portable(exc), remote_traceback))

@@ -6,291 +6,45 @@ The Streamlit app makes one `JobManager` per server process (with
 manager is thread-safe (one lock); its thread never calls `st.*`.
 
 The thread queues, supervises, relays and records; the training itself runs
-in a worker process (`core.worker.ProcessTrainer`, the default `train_fn`),
+in a worker process (`core.jobs.worker.ProcessTrainer`, the default `train_fn`),
 so that neither the viewers' page reruns (which hold the server's GIL) nor a
 crash in training reach each other. The engine reports through the interface
-of `core.events` (`Monitor`, `RunCancelled`): the thread hands the worker's
+of `core.engine.events` (`Monitor`, `RunCancelled`): the thread hands the worker's
 reports to the run's `RunMonitor`, the in-memory live copy that `snapshot`
 reads, and the store.
-
-`execute(store, run_id, ...)` is the thread's whole body for one run and is a
-plain function, so the command line (`python -m core.train`) runs a job the
-same way, synchronously and in its own process::
-
-    store = RunStore()
-    run_id = store.create(config)
-    outcome = execute(store, run_id)          # Outcome(status, reason)
-
-Persistence goes through `core.runs.RunStore` only. Metrics reach the store at
-each epoch end, every `flush_every_s` seconds within a long epoch, and at the
-end; the in-memory live copy that `snapshot` reads is updated at every step.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Protocol
 
 import torch
 
 from core.config import RunConfig
 from core.devices import pick_device, training_threads
-from core.events import Monitor, RunCancelled, TrainingProcessDied
-from core.freezing import output_shapes
-from core.models import arch_spec, build_skeleton, checkpoint_report, read_state_dict
-from core.runs import (
+from core.jobs.checks import check_runnable
+from core.jobs.execute import TrainFn, execute
+from core.jobs.monitor import Outcome, RunMonitor, copy_plain, int_or_none
+from core.jobs.worker import ProcessTrainer
+from core.store import (
     CANCELLED,
     FAILED,
     FINISHED,
-    QUEUED,
     RUNNING,
     TERMINAL,
     RunStore,
 )
-from core.training import train
-from core.worker import ProcessTrainer
+from core.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
-OOM_REASON = "Out of GPU memory: try a smaller batch size or freeze more layers"
-CPU_OOM_REASON = "Out of memory: try a smaller batch size, a smaller image size or freeze more layers"
+
 _KEEP_FINISHED = 32  # finished jobs kept in memory for cheap snapshots; older ones are read from disk
 DUPLICATE_WINDOW_S = 10.0  # the same owner submitting the same config and name again within this is refused
-
-
-# --- the engine's interface ----------------------------------------------------------
-
-
-class TrainResult(Protocol):
-    summary: dict  # JSON-able final figures
-    state_dict: dict  # name -> Tensor
-
-
-TrainFn = Callable[..., TrainResult]  # train(config, monitor, *, device, runs_dir) -> TrainResult
-
-
-class Outcome(NamedTuple):
-    status: str  # FINISHED, FAILED or CANCELLED
-    reason: str | None
-
-
-# --- live state of one run -------------------------------------------------------------
-
-
-class RunMonitor:
-    """The `Monitor` the worker hands to the engine: keeps the live state of one run.
-
-    Steps and epoch records are kept in memory (what `JobManager.snapshot`
-    reads) and written to the store at each epoch end, at most every
-    `flush_every_s` seconds within an epoch, and by `flush()`. `listener`, if
-    given, is called as `listener(event, payload)` for "start", "step" and
-    "epoch" (the command line prints from it); it runs in the training thread.
-    """
-
-    def __init__(
-        self,
-        store: RunStore,
-        run_id: str,
-        *,
-        stop_event: threading.Event | None = None,
-        lock: threading.RLock | None = None,
-        listener: Callable[[str, dict], None] | None = None,
-        flush_every_s: float = 30.0,
-    ) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.stop_event = stop_event or threading.Event()
-        self.stop_reason: str | None = None
-        self._lock = lock or threading.RLock()
-        self._listener = listener
-        self._flush_every_s = flush_every_s
-        # Live state; read and written under `_lock`.
-        self.status = QUEUED
-        self.reason: str | None = None
-        self.info: dict = {}
-        self.step = 0
-        self.total_steps: int | None = None
-        self.epoch = 0
-        self.epochs: int | None = None
-        self.summary: dict = {}
-        self._steps: list[tuple[int, int, float]] = []  # tuples: never mutated once appended
-        self._epochs: list[dict] = []  # records: never mutated once appended
-        self._t_begin: float | None = None  # status -> running
-        self._t_train: float | None = None  # on_start
-        self._t_end: float | None = None
-        self._last_flush = time.monotonic()
-
-    # Monitor protocol ---------------------------------------------------------------
-    def on_start(self, info: dict) -> None:
-        info = _plain(dict(info))
-        with self._lock:
-            self.info = info
-            self.total_steps = _int_or_none(info.get("total_steps"))
-            self.epochs = _int_or_none(info.get("epochs"))
-            self._t_train = time.monotonic()
-        self.flush()
-        self._notify("start", info)
-
-    def on_step(self, step: int, epoch: int, loss: float) -> None:
-        entry = (int(step), int(epoch), float(loss))
-        with self._lock:
-            self._steps.append(entry)
-            self.step, self.epoch = entry[0], entry[1]
-        if time.monotonic() - self._last_flush >= self._flush_every_s:
-            self.flush()
-        self._notify("step", {"step": entry[0], "epoch": entry[1], "loss": entry[2]})
-
-    def on_epoch(self, record: dict) -> None:
-        record = _plain(dict(record)) | {"logged_at": time.time()}  # wall clock: when the epoch's record arrived
-        with self._lock:
-            self._epochs.append(record)
-            if "epoch" in record:
-                self.epoch = _int_or_none(record["epoch"]) or self.epoch
-        self.flush()
-        self._notify("epoch", record)
-
-    def should_stop(self) -> bool:
-        return self.stop_event.is_set()
-
-    # Control and bookkeeping -----------------------------------------------------------
-    def request_stop(self, reason: str = "cancelled on request") -> None:
-        """Ask the engine to stop at the next batch boundary."""
-        with self._lock:
-            if self.stop_reason is None:
-                self.stop_reason = reason
-        self.stop_event.set()
-
-    def flush(self) -> None:
-        """Write the metrics so far to the store."""
-        with self._lock:  # shallow copies suffice: entries are never mutated once appended
-            data = {"steps": list(self._steps), "epochs": list(self._epochs), "info": self.info}
-            self._last_flush = time.monotonic()
-        self.store.write_metrics(self.run_id, data)
-
-    def metrics(self) -> dict:
-        """A private copy of the metrics so far (callers may mutate it)."""
-        with self._lock:
-            return {"steps": [list(s) for s in self._steps], "epochs": [_copy(r) for r in self._epochs]}
-
-    def begin(self) -> None:
-        with self._lock:
-            self.status = RUNNING
-            self._t_begin = time.monotonic()
-
-    def finish(self, outcome: Outcome, summary: dict | None = None) -> None:
-        with self._lock:
-            self.status, self.reason = outcome
-            self.summary = summary or {}
-            self._t_end = time.monotonic()
-
-    def _notify(self, event: str, payload: dict) -> None:
-        if self._listener is not None:
-            self._listener(event, payload)
-
-
-# --- the worker body -------------------------------------------------------------------
-
-
-def execute(
-    store: RunStore,
-    run_id: str,
-    train_fn: TrainFn | None = None,
-    device: torch.device | None = None,
-    monitor: RunMonitor | None = None,
-) -> Outcome:
-    """Train one stored run to its end and record the outcome; never raises for a
-    training failure (KeyError if `run_id` is unknown).
-
-    Marks the run running, calls `train_fn(config, monitor, device=..., runs_dir=store.root)`
-    (default `core.training.train`, in this process), saves `result.state_dict` and `result.summary`, and
-    marks it finished. `RunCancelled` -> "cancelled"; any other exception -> "failed" with a
-    one-line reason and the traceback in traceback.txt. Metrics so far are kept either way,
-    and memory is released (`gc.collect()`, CUDA cache emptied) before returning.
-    """
-    config = store.load(run_id).config
-    device = device or pick_device()
-    monitor = monitor or RunMonitor(store, run_id)
-    train_fn = train_fn or train
-    summary = outcome = None
-    try:
-        try:
-            monitor.begin()
-            store.set_status(run_id, RUNNING)
-            if monitor.should_stop():
-                raise RunCancelled(monitor.stop_reason or "cancelled before it started")
-            summary = _train_and_save(store, run_id, config, train_fn, device, monitor)
-            outcome = Outcome(FINISHED, None)
-        except RunCancelled as exc:
-            outcome = Outcome(CANCELLED, monitor.stop_reason or str(exc) or "cancelled on request")
-        except Exception as exc:
-            outcome = Outcome(FAILED, failure_reason(exc))
-            text = traceback.format_exc()
-            traceback.clear_frames(exc.__traceback__)  # frames hold the model and activations
-            try:
-                store.write_traceback(run_id, text)
-            except OSError:
-                log.exception("could not write the traceback of run %s", run_id)
-        except BaseException:  # KeyboardInterrupt in the command line: record it, then let it go
-            _record(store, run_id, monitor, Outcome(CANCELLED, "stopped from the keyboard"), None)
-            raise
-        _record(store, run_id, monitor, outcome, summary)
-        return outcome
-    finally:
-        # A failure's frames and tracebacks form reference cycles that hold tensors: collect
-        # them. A clean finish on the CPU frees by reference counting (gc costs ~0.1 s).
-        _release_memory(device, collect=outcome is None or outcome.status != FINISHED or device.type != "cpu")
-
-
-def _train_and_save(store, run_id, config, train_fn, device, monitor) -> dict:
-    # Kept in its own frame so the model's tensors die with it, before memory is released.
-    result = train_fn(config, monitor, device=device, runs_dir=store.root)
-    summary = dict(result.summary or {})
-    monitor.flush()
-    store.save_weights(run_id, result.state_dict)
-    store.write_summary(run_id, summary)
-    return summary
-
-
-def _record(store: RunStore, run_id: str, monitor: RunMonitor, outcome: Outcome, summary) -> None:
-    try:
-        monitor.flush()  # metrics so far stay, whatever the outcome
-    finally:
-        store.set_status(run_id, outcome.status, outcome.reason)
-        monitor.finish(outcome, summary)
-
-
-def failure_reason(exc: BaseException) -> str:
-    """A short, one-line reason for the UI (the full traceback goes to traceback.txt)."""
-    text = str(exc).strip()
-    if isinstance(exc, TrainingProcessDied):
-        return text
-    lowered = text.lower()
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in lowered:
-        return OOM_REASON
-    if "not enough memory" in lowered:  # the CPU allocator's wording
-        return CPU_OOM_REASON
-    first = text.splitlines()[0] if text else ""
-    if isinstance(exc, ValueError) and first:
-        reason = first  # DatasetError / CheckpointError: their message is written for the user
-    else:
-        reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return reason if len(reason) <= 300 else reason[:299] + "…"
-
-
-def _release_memory(device: torch.device, collect: bool = True) -> None:
-    if collect:
-        gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-    if device.type == "mps":
-        torch.mps.empty_cache()
-
 
 # --- what pages poll ------------------------------------------------------------------------
 
@@ -314,7 +68,7 @@ class RunSnapshot:
     eta_s: float | None  # seconds left while running, from elapsed / progress
     elapsed_s: float | None  # since it started running
     metrics: dict  # {"steps": [[step, epoch, loss], ...], "epochs": [record, ...]}
-    summary: dict  # the engine's final summary ({} until finished)
+    summary: RunSummary  # the engine's final summary (every field None until finished)
     info: dict  # what the engine passed to on_start
     config: RunConfig
     created: str
@@ -333,50 +87,6 @@ class _Job:
     config: RunConfig
     monitor: RunMonitor
     done: threading.Event
-
-
-def check_runnable(config: RunConfig, store: RunStore) -> None:
-    """Everything about `config` that can be checked before a run exists, else `ValueError` for the user.
-
-    The fields' ranges (`RunConfig.validate`), the architecture, the frozen paths (each a module of
-    the model), the input size (a forward pass on a meta-device skeleton: milliseconds, no memory)
-    and the starting weights (`check_weights`). A run that passes can still fail on its data or
-    device, but never on its own configuration.
-    """
-    config.validate()
-    skeleton = build_skeleton(config.arch, config.num_classes)  # ValueError naming the choices
-    names = {name for name, _ in skeleton.named_modules() if name}
-    if unknown := [p for p in config.frozen if p not in names]:
-        raise ValueError(f"{arch_spec(config.arch).label} has no module {unknown[0]!r} to freeze.")
-    output_shapes(skeleton, config.image_size)  # ValueError: too small for this architecture
-    check_weights(config, store, skeleton)
-
-
-def check_weights(config: RunConfig, store: RunStore, skeleton: torch.nn.Module | None = None) -> None:
-    """The run's starting weights exist and fit, else ValueError (`CheckpointError`) before any run is created.
-
-    A checkpoint path must be a regular file of sane size that holds a state
-    dict of the run's architecture (read safely and compared on a meta-device
-    skeleton: a checkpoint chosen for another architecture, still in the
-    draft after the architecture changed, is refused here rather than failing
-    the run when it starts); ``run:<id>`` a finished run of `store` of the same
-    architecture (queued or running is fine: the queue trains it first; a failed
-    or cancelled one has no weights). ImageNet weights are downloaded when the run starts.
-    """
-    if config.weights.startswith("run:"):
-        run_id = config.weights.removeprefix("run:")
-        if not store.exists(run_id):
-            raise ValueError(f"There is no run {run_id!r} to start from.")
-        source = store.load(run_id)
-        if source.status not in (FINISHED, QUEUED, RUNNING):
-            raise ValueError(f"Run {source.name!r} {source.status}: it has no weights to start from.")
-        if source.config.arch != config.arch:
-            raise ValueError(f"Run {source.name!r} trained a {arch_spec(source.config.arch).label}, "
-                             f"not a {arch_spec(config.arch).label}.")
-    elif config.weights not in ("none", "imagenet"):
-        state = read_state_dict(config.weights)
-        skeleton = skeleton if skeleton is not None else build_skeleton(config.arch, config.num_classes)
-        checkpoint_report(skeleton, config.arch, state, source=config.weights)
 
 
 class JobManager:
@@ -494,9 +204,9 @@ class JobManager:
         info = metrics.get("info") or {}
         steps, records = metrics["steps"], metrics["epochs"]
         step = steps[-1][0] if steps else 0
-        epoch = (_int_or_none(records[-1].get("epoch")) or len(records)) if records else (steps[-1][1] if steps else 0)
-        total_steps = _int_or_none(info.get("total_steps"))
-        epochs = _int_or_none(info.get("epochs")) or record.config.epochs
+        epoch = (int_or_none(records[-1].get("epoch")) or len(records)) if records else (steps[-1][1] if steps else 0)
+        total_steps = int_or_none(info.get("total_steps"))
+        epochs = int_or_none(info.get("epochs")) or record.config.epochs
         progress = _progress(record.status, step, total_steps, len(records), epochs)
         elapsed = record.elapsed_s()
         return RunSnapshot(
@@ -639,8 +349,8 @@ class JobManager:
             eta_s=_eta(m.status, trained, progress),
             elapsed_s=elapsed,
             metrics=m.metrics() if with_metrics else {"steps": [], "epochs": []},
-            summary=_copy(m.summary),
-            info=_copy(m.info),
+            summary=m.summary,  # frozen: shared, never copied
+            info=copy_plain(m.info),
             config=job.config,
             created=job.created,
         )
@@ -665,34 +375,3 @@ def _eta(status: str, elapsed: float | None, progress: float) -> float | None:
     if status != RUNNING or not elapsed or not 0 < progress < 1:
         return None
     return elapsed * (1 - progress) / progress
-
-
-def _int_or_none(value) -> int | None:
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _plain(value: Any) -> Any:
-    """JSON-shaped copy: dicts, lists, numbers, strings; tensors and numpy become lists/numbers."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if hasattr(value, "tolist"):  # numpy
-        return value.tolist()
-    return str(value)  # torch.device, dtype, Path ...
-
-
-def _copy(value: Any) -> Any:
-    """Copy a JSON-shaped value (much faster than deepcopy for confusion matrices)."""
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value

@@ -7,7 +7,7 @@ or `./runs`)::
     runs/20261123-142501-a3f9/
         run.json        id, name, owner, created, status, reason, started, finished, config
         metrics.json    {"steps": [[step, epoch, loss], ...], "epochs": [record, ...], "info": {...}}
-        summary.json    final figures, freeze audit, param groups ... (free-form, from the engine)
+        summary.json    the engine's `RunSummary`: final figures, freeze audit, param groups ...
         weights.pt      state dict of tensors (torch.save; read back with weights_only=True)
         traceback.txt   full traceback of a failed run
 
@@ -38,7 +38,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -48,9 +47,10 @@ from pathlib import Path
 
 import torch
 
-from core.config import RunConfig, runs_dir
+from core.config import RunConfig, dataset_name, runs_dir
 from core.files import atomic_write, fsync_dir, write_json
-from core.config import dataset_name
+from core.store.process import describe_process, process_alive, this_process
+from core.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,10 @@ class RunRecord:
         return clean_metrics(_read_json(self.path / METRICS_FILE, None))
 
     @functools.cached_property
-    def summary(self) -> dict:
-        """The engine's final summary; `{}` until the run finishes."""
-        data = _read_json(self.path / SUMMARY_FILE, None)
-        return data if isinstance(data, dict) else {}
+    def summary(self) -> RunSummary:
+        """The engine's final summary; every field None until the run finishes (or when summary.json
+        is damaged)."""
+        return RunSummary.from_dict(_read_json(self.path / SUMMARY_FILE, None)) or RunSummary()
 
     @property
     def done(self) -> bool:
@@ -270,9 +270,9 @@ class RunStore:
         """Replace `metrics.json` (`{"steps": [...], "epochs": [...], ...}`)."""
         _write_json(self._dir(run_id) / METRICS_FILE, dict(metrics))
 
-    def write_summary(self, run_id: str, summary: Mapping) -> None:
-        """Replace `summary.json` (free-form and JSON-able; tensors become lists)."""
-        _write_json(self._dir(run_id) / SUMMARY_FILE, dict(summary))
+    def write_summary(self, run_id: str, summary: RunSummary) -> None:
+        """Replace `summary.json` with the run's `RunSummary`."""
+        _write_json(self._dir(run_id) / SUMMARY_FILE, summary.to_dict())
 
     def write_traceback(self, run_id: str, text: str) -> None:
         atomic_write(self._dir(run_id) / TRACEBACK_FILE, text.encode("utf-8", "replace"))
@@ -456,57 +456,6 @@ def clean_metrics(data) -> dict:
     if not isinstance(out.get("info"), dict):
         out.pop("info", None)
     return out
-
-
-# --- which process owns a run ----------------------------------------------------------------------
-
-
-def this_process() -> dict:
-    """This process, as recorded in run.json: host name, pid and the pid's start time (so a reused
-    pid is not mistaken for the original process)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
-
-
-def process_alive(process: dict | None) -> bool:
-    """Whether the recorded process still runs. A process on another host, or one recorded
-    without a pid (a run written before this field existed), counts as alive: nothing here can say."""
-    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
-        return True
-    pid = process.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    stat_ = _proc_stat(pid)
-    if stat_ is None:
-        return True
-    state, start = stat_
-    return state not in ("Z", "X") and process.get("start") in (None, start)
-
-
-def describe_process(process: dict | None) -> str:
-    if not isinstance(process, dict):
-        return "unknown"
-    return f"pid {process.get('pid')} on {process.get('host')}"
-
-
-def _process_start(pid: int) -> int | None:
-    """The start time of `pid` in clock ticks since boot; None where /proc is not there."""
-    stat_ = _proc_stat(pid)
-    return stat_[1] if stat_ else None
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) of `pid` from Linux's /proc; None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return fields[0], int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _read_json(path: Path, default):

@@ -1,0 +1,116 @@
+"""The feature cache: the frozen prefix of a forward pass, computed once per image and kept.
+
+`core.models.forward_chain(model, arch)` writes each catalog model as the sequence of named steps its
+`forward` runs (VGG: ``features.0`` ... ``avgpool``, ``flatten``, ``classifier.0`` ...; ResNet:
+``conv1`` ... ``layer4.1``, ``avgpool``, ``flatten``, ``fc``). The longest prefix of steps that holds
+no trainable parameter and behaves the same in train and eval mode is a fixed function of the image
+(`core.freezing.frozen_prefix`). Without augmentation the engine computes its output once per image
+and trains only the remaining steps on those features (`core.estimate.plan_features` decides).
+
+The features are also kept on disk (`load_features` / `save_features`, under
+``data_dir()/.cache``), so a later run that shares the prefix and the data
+(another head, learning rate, optimizer or number of epochs; for VGG the
+classifier and FC1+FC2 presets share the whole convolutional prefix) skips
+the prefix entirely. The key (`feature_key`) covers everything the features
+depend on: the image files and their geometry and normalisation, the
+prefix's structure and the exact bits of its parameters and buffers
+(`prefix_fingerprint`), the precision, the device type and the torch
+version. Change any of them and the key changes: nothing is invalidated by
+hand, and a stale entry is simply never read again (and pruned when the cache
+is over its budget).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from core.data import Preprocess
+from core.engine.events import RunCancelled
+from core.engine.loop import Loop, Split
+from core.files import load_tensor, save_tensor
+from core.models import run_chain
+
+FEATURES_VERSION = 1  # bump when what a stored feature tensor means changes
+
+
+def prefix_fingerprint(steps: list[tuple[str, nn.Module]]) -> str:
+    """A digest of the prefix's structure and of the exact bits of its parameters and buffers
+    (hashing is far cheaper than running the prefix)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, step in steps:
+        h.update(f"{name}\0{step!r}\0".encode())
+        for key, t in step.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+
+def feature_key(images_key: str, pre: Preprocess, fingerprint: str, amp_dtype: torch.dtype | None,
+                device: torch.device) -> str:
+    """The name of one split's stored features: see the module docstring for what it covers.
+
+    `images_key` identifies the split's decoded images (`core.data.decode_key`),
+    `fingerprint` the prefix (`prefix_fingerprint`); `amp_dtype` is the run's
+    autocast dtype (None for fp32), `device` where the features are computed.
+    """
+    parts = [FEATURES_VERSION, images_key, list(pre.mean), list(pre.std), fingerprint, str(amp_dtype), device.type,
+             torch.__version__]
+    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
+
+
+def feature_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / f"features-{key}.pt"
+
+
+def load_features(cache_dir: Path, key: str, shape: tuple[int, ...]) -> Tensor | None:
+    """Stored features of that key and shape (memory-mapped on the CPU), or None."""
+    return load_tensor(feature_path(cache_dir, key), shape=shape)
+
+
+def save_features(cache_dir: Path, key: str, features: Tensor) -> bool:
+    """Store features for later runs; False when they are too large or the disk refuses."""
+    return save_tensor(feature_path(cache_dir, key), features)
+
+
+def compute_features(prefix: list[tuple[str, nn.Module]], split: Split, loop: Loop) -> Split:
+    """The prefix's output for every image of a split, in the run's precision, kept on the device.
+
+    Runs under `no_grad` rather than `inference_mode`: inference tensors could
+    not be saved for the backward pass of the trainable tail that reads them.
+    The prefix's modules are in eval mode here (and behave the same in training
+    mode, which is what made them a prefix).
+    """
+    out = None
+    with torch.no_grad():
+        for idx, real in loop.no_grad_batches(len(split)):
+            if loop.monitor.should_stop():
+                raise RunCancelled("stopped while computing the feature cache")
+            x = loop.inputs(split, idx, features=False, train=False)
+            with loop.autocast():
+                f = run_chain(prefix, x)[:real]
+            if out is None:
+                out = torch.empty((len(split), *f.shape[1:]), dtype=f.dtype, device=f.device)
+            start = int(idx[0])
+            out[start:start + real] = f
+    return Split(out.contiguous(), split.y)
+
+
+def prefix_features(
+    prefix: list[tuple[str, nn.Module]], split: Split, loop: Loop, *, cache_dir: Path, key: str,
+    shape: tuple[int, ...],
+) -> tuple[Split, str]:
+    """One split's prefix features (one image's are of `shape`) and where they came from: "disk"
+    (an earlier run stored them under `key`) or "computed" (then stored under `key` for later runs)."""
+    stored = load_features(cache_dir, key, (len(split), *shape))
+    if stored is not None:
+        return Split(stored.to(loop.feeder.device), split.y), "disk"
+    features = compute_features(prefix, split, loop)
+    save_features(cache_dir, key, features.x)
+    return features, "computed"
