@@ -145,7 +145,7 @@ with gallery_tab:
                 st.success("No validation image is misclassified.", icon=":material/check_circle:")
             else:
                 st.image(list(wrong["path"]), width=128, caption=[
-                    f"true {t} → {p} · loss {l:.2f}" for t, p, l in zip(wrong["true"], wrong["predicted"], wrong["loss"])])
+                    f"true {t} → {p} · loss {loss:.2f}" for t, p, loss in zip(wrong["true"], wrong["predicted"], wrong["loss"])])
                 st.dataframe(wrong, hide_index=True, width="stretch", key="compare_gallery_table")
 
 with export_tab:

@@ -42,9 +42,9 @@ def step_fn(arch: str, preset: str, num_classes: int, size: int, batch: int, dev
 
     from core.config import RunConfig
     from core.devices import amp_dtype
+    from core.engine import build_optimizer
     from core.freezing import preset_frozen, set_frozen, set_train_mode
     from core.models import prepare_model
-    from core.engine import build_optimizer
 
     torch.manual_seed(0)
     model, _ = prepare_model(arch, num_classes, "none")

@@ -58,9 +58,8 @@ def step_peak(arch: str, preset: str, size: int, batch: int, precision: str,
     import torch
     import torch.nn.functional as F
 
-    from core.estimate import cost_profile, estimate
+    from core.estimate import LiveBytes, cost_profile, estimate
     from core.freezing import preset_frozen, set_frozen, set_train_mode
-    from core.estimate import LiveBytes
     from core.models import build_model
 
     torch.manual_seed(0)
@@ -123,13 +122,11 @@ def check_steps(device: str = "cpu", batch: int = 8) -> list[str]:
 
 def check_runs(workdir: Path) -> list[str]:
     import torch
-
-    from core.estimate import cost_profile
-    from core.data import load_dataset
-    from core.estimate import LiveBytes
-    from core.estimate import run_memory
-    from core.engine import train
     from test_training import Recorder, config_for, draw_folder
+
+    from core.data import load_dataset
+    from core.engine import train
+    from core.estimate import LiveBytes, cost_profile, run_memory
 
     folder = draw_folder(workdir / "shapes", per_class=20, size=64)
     cpu = torch.device("cpu")

@@ -248,9 +248,8 @@ class _Monitor:
 
 def _run_estimate(config, device):
     """The Model page's estimate of the run's peak device memory (`core.estimate.run_memory`)."""
-    from core.estimate import cost_profile
     from core.data import load_dataset
-    from core.estimate import run_memory
+    from core.estimate import cost_profile, run_memory
 
     ds = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
     profile = cost_profile(config.arch, config.num_classes, config.image_size)
@@ -298,9 +297,9 @@ def run_synthetic(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from core.config import RunConfig
+    from core.engine import build_optimizer
     from core.freezing import set_frozen, set_train_mode
     from core.models import prepare_model
-    from core.engine import build_optimizer
 
     device = _device(spec["device"])
     if device.type == "cuda":

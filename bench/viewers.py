@@ -40,7 +40,6 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.e2e.conftest import CHROMIUM_ARGS, AppServer, wait_idle  # noqa: E402
 
-
 ACTIONS_AFTER_EPOCH = 4  # images/s is taken over epochs 2..4; another user's page actions come after
 
 

@@ -94,7 +94,7 @@ def generate_code(config: RunConfig) -> str:
     return "\n".join(out) + "\n"
 
 
-@functools.lru_cache(maxsize=None)  # one entry per catalog architecture, immutable
+@functools.cache  # one entry per catalog architecture, immutable
 def _structure(arch: str) -> tuple[frozenset[str], frozenset[str], bool, bool]:
     """(parameter names, module paths, has BatchNorm, has stochastic depth) of `arch`; the head size
     changes none of them."""

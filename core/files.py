@@ -19,8 +19,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 

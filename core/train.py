@@ -156,7 +156,7 @@ def describe(result: dict) -> str:
             f"peak memory {result['peak_mem_bytes'] / 2**20:.0f} MiB on {result['device']} ({result['precision']})",
             f"  freeze audit: {'ok' if audit.get('ok') else 'CHANGED ' + ', '.join(audit.get('changed', []))} "
             f"({audit.get('checked_tensors', 0)} tensors checked)",
-            f"  feature cache: " + (f"up to {cache.get('prefix')}" if cache.get("used") else f"off ({cache.get('reason')})"),
+            "  feature cache: " + (f"up to {cache.get('prefix')}" if cache.get("used") else f"off ({cache.get('reason')})"),
         ]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from core import config
-from core.data import demo
+from core.data.demo import WORLDS, generate
 from core.data.dataset import Dataset, DatasetError, Progress
 from core.data.folders import load_folder
 from core.data.zips import import_zip
@@ -34,7 +34,7 @@ def parse_demo_ref(ref: str) -> tuple[str, int] | None:
     name, _, size = ref.partition(":")
     if name not in DEMO_DATASETS:
         return None
-    standard = demo.WORLDS[name][1]
+    standard = WORLDS[name][1]
     if not size:
         return name, standard
     if not (size.isascii() and size.isdigit()) or not 2 <= int(size) <= 100_000:
@@ -44,12 +44,12 @@ def parse_demo_ref(ref: str) -> tuple[str, int] | None:
 
 def demo_ref(world: str, per_class: int | None = None) -> str:
     """The canonical reference for a demo world of `per_class` images per class ("demo-source", "demo-source:200")."""
-    standard = demo.WORLDS[world][1]
+    standard = WORLDS[world][1]
     return world if per_class in (None, standard) else f"{world}:{per_class}"
 
 
 def _demo_root(world: str, per_class: int, data_dir: Path) -> Path:
-    return data_dir / (world if per_class == demo.WORLDS[world][1] else f"{world}-{per_class}")
+    return data_dir / (world if per_class == WORLDS[world][1] else f"{world}-{per_class}")
 
 
 def prepare_dataset(
@@ -69,7 +69,7 @@ def prepare_dataset(
         world, per_class = parsed[0], demo_per_class or parsed[1]
         root = _demo_root(world, per_class, data_dir)
         try:
-            demo.generate(world, root, per_class, progress=progress)
+            generate(world, root, per_class, progress=progress)
         except OSError as exc:
             raise DatasetError(f"Could not write the demo dataset under {data_dir}: {exc.strerror or exc}") from None
         return demo_ref(world, per_class), root

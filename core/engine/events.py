@@ -4,7 +4,7 @@ The engine (`core.engine.train`) reports to a `Monitor` and leaves by `RunCancel
 monitor asks it to stop (fastai's `CancelFitException` pattern: one exit, caught in one place,
 `core.jobs.execute`). Whoever supervises it (the job manager's thread, a worker process's pipe, the
 command line) implements the same protocol. `TrainingProcessDied` is what a supervisor raises when
-the process training a run ends without an answer. 
+the process training a run ends without an answer.
 """
 
 from __future__ import annotations

@@ -48,7 +48,6 @@ from core.data import (
 from core.devices import amp_dtype, peak_memory, pick_device
 from core.engine.audit import freeze_audit, freeze_snapshot
 from core.engine.events import Monitor, TrainResult
-from core.summary import RunStart, RunSummary
 from core.engine.faults import with_faults
 from core.engine.features import feature_key, prefix_features, prefix_fingerprint
 from core.engine.loop import (
@@ -65,6 +64,7 @@ from core.estimate import FeaturePlan, feature_budget, plan_features
 from core.freezing import Phase, param_counts, phase_plan, set_frozen, set_train_mode
 from core.models import LoadReport, run_chain
 from core.store import resolve_weights
+from core.summary import RunStart, RunSummary
 
 
 @dataclass

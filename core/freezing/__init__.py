@@ -7,8 +7,8 @@ optimizer (`rules`), the presets (`presets`), the checks before training (`prefl
 frozen prefix the feature cache may skip (`prefix`).
 """
 
-from core.freezing.prefix import frozen_prefix
 from core.freezing.phases import Phase, phase_plan
+from core.freezing.prefix import frozen_prefix
 from core.freezing.preflight import Check, preflight
 from core.freezing.presets import (
     PRESET_HELP,

@@ -70,7 +70,7 @@ class LoadReport:
         self._mismatched_set = {k for k, _, _ in self.mismatched}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LoadReport":
+    def from_dict(cls, d: dict) -> LoadReport:
         return cls(d["source"], d["loaded"], d["missing"], d["unexpected"],
                    [(k, tuple(a), tuple(b)) for k, a, b in d["mismatched"]])
 

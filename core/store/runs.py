@@ -42,7 +42,7 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -94,7 +94,7 @@ def default_name(config: RunConfig) -> str:
 
 def now_iso() -> str:
     """The current UTC time as ISO 8601 with microseconds (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class RunRecord:
         start = _parse_time(self.started)
         if start is None:
             return None
-        end = _parse_time(self.finished) or datetime.now(timezone.utc)
+        end = _parse_time(self.finished) or datetime.now(UTC)
         return max(0.0, (end - start).total_seconds())
 
 
@@ -379,7 +379,7 @@ class RunStore:
             _write_json(path / RUN_FILE, meta)
 
     def _new_id(self) -> str:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         while True:
             run_id = f"{stamp}-{secrets.token_hex(2)}"
             if not (self.root / run_id).exists():
@@ -436,7 +436,7 @@ def _parse_time(text: str | None) -> datetime | None:
         t = datetime.fromisoformat(text) if text else None
     except (TypeError, ValueError):
         return None
-    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
 
 def clean_metrics(data) -> dict:

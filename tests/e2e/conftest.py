@@ -64,7 +64,7 @@ class AppServer:
                     "FREEZE_LAB_DATA_DIR": str(self.data_dir), **(env or {})}
         self.proc = None
 
-    def start(self, timeout: float = 60) -> "AppServer":
+    def start(self, timeout: float = 60) -> AppServer:
         with open(self.workdir / f"streamlit-{self.port}.log", "ab") as log:  # the child keeps its own handle
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
