@@ -106,15 +106,32 @@ def app_server(tmp_path_factory):
     server.stop()
 
 
+SYSTEM_CHROMIUMS = ("chromium", "chromium-browser", "google-chrome")
+NO_BROWSER = ("No Chromium for the browser tests: install your system's (Debian: apt-get install chromium) "
+              "or Playwright's own (python -m playwright install chromium).")
+
+
+def launch_chromium(playwright):
+    """Headless Chromium: the system's when there is one (CI installs Debian's), else Playwright's own;
+    `RuntimeError(NO_BROWSER)` when neither is there."""
+    executable = next((path for name in SYSTEM_CHROMIUMS if (path := shutil.which(name))), None)
+    try:
+        return playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+    except Exception as exc:
+        if executable is None and "Executable doesn't exist" in str(exc):
+            raise RuntimeError(NO_BROWSER) from None
+        raise
+
+
 @pytest.fixture(scope="session")
 def browser():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            b = launch_chromium(p)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         yield b
         b.close()
 
