@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
 PRECISIONS = ("auto", "fp32", "bf16")
 AUGMENTATIONS = ("crop", "flip", "jitter")
+CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "precision": PRECISIONS, "augment": AUGMENTATIONS}
 MAX_SEED = 2**31 - 1  # torch generators take at most 64 bits (and seed + 1 is used); the Train page's limit
 
 
@@ -29,7 +30,7 @@ class RunConfig:
     num_classes: int = 4  # size of the new head; follows the dataset's class count
     # --- freezing ----------------------------------------------------------
     frozen: tuple[str, ...] = ()  # dotted module paths frozen (with everything under them)
-    preset: str = "full"  # how `frozen` was chosen: a preset name, "last2", or "custom"
+    preset: str = "full"  # what trains: full | head | classifier | fc1_fc2 (VGG) | last<N> | custom (ticked by hand)
     bn_frozen_eval: bool = True  # frozen BatchNorm layers and frozen blocks' stochastic depth stay in eval mode
     unfreeze_after: int = 0  # gradual unfreezing: >0 trains only the head for this many epochs first
     # --- data --------------------------------------------------------------
@@ -41,11 +42,11 @@ class RunConfig:
     optimizer: str = "sgd"  # one of OPTIMIZERS (SGD uses momentum 0.9)
     lr: float = 0.01  # learning rate of the new head
     backbone_lr_mult: float = 0.1  # rate multiplier for unfrozen pretrained layers (discriminative rates)
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # L2 penalty on the trainable parameters
     scheduler: str = "none"  # one of SCHEDULERS, stepped per epoch
-    epochs: int = 3
-    batch_size: int = 32
-    seed: int = 0
+    epochs: int = 3  # passes over the training split
+    batch_size: int = 32  # images per optimizer step (evaluation uses the same batch shape)
+    seed: int = 0  # split, head init, shuffling and augmentation: the same seed gives the same run
     precision: str = "auto"  # "auto": bf16 autocast on CUDA when supported, else fp32
     feature_cache: bool = True  # train on cached outputs of a frozen prefix when possible
 

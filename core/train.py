@@ -9,7 +9,9 @@ The preset is resolved to frozen module paths (`core.freezing.preset_frozen`
 on a meta-device skeleton; the class count comes from the dataset), the run is
 created in the `RunStore` (``--runs-dir``, default ``$FREEZE_LAB_RUNS_DIR`` or
 ``./runs``) and trained synchronously by `core.jobs.execute`, exactly as the
-job manager's worker does. Progress goes to stderr; with ``--json`` stdout
+job manager's worker does. The options are `RunConfig`'s fields, generated
+(`core.cli`): ``python -m core.train --help`` lists them with the config's
+defaults and comments. Progress goes to stderr; with ``--json`` stdout
 carries only the JSON summary. Exit status: 0 finished, 1 failed (or bad
 arguments: the reason is printed), 130 cancelled.
 """
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
+from core.cli import add_config_arguments, config_fields
+from core.config import RunConfig
 from core.devices import describe_device, parse_device, pick_device
 
 if TYPE_CHECKING:
@@ -36,46 +38,25 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 
 
-def image_size(text: str) -> tuple[int, int]:
-    """"64" -> (64, 64); "448x224" -> (448, 224) as height x width."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+))?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected S or HxW, got {text!r}")
-    h = int(m.group(1))
-    return h, int(m.group(2) or h)
+DERIVED = ("num_classes", "frozen")  # from the dataset's classes, and from --preset
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="resnet18", help="torchvision architecture, e.g. resnet18, vgg19, alexnet")
-    p.add_argument("--preset", default="full", help="full | head | classifier | fc1_fc2 (VGG) | last<N>")
-    p.add_argument("--dataset", default="demo-target", help="demo-source | demo-target | a folder of class subfolders")
-    p.add_argument("--weights", default="none", help="none | imagenet | a checkpoint path | run:<id>")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--image-size", type=image_size, default=(64, 64), help="S or HxW (height x width)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate of the new head (default: 0.01 for SGD, 0.001 for Adam/AdamW)")
-    p.add_argument("--backbone-lr-mult", type=float, default=0.1, help="rate multiplier for trainable pretrained layers")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="none")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--augment", nargs="*", choices=AUGMENTATIONS, default=[], help="on-device augmentations")
-    p.add_argument("--unfreeze-after", type=int, default=0, help="gradual unfreezing: train only the head this many epochs first")
-    p.add_argument("--bn-train", action="store_true", help="let frozen BatchNorm layers update their running statistics")
-    p.add_argument("--no-feature-cache", action="store_true", help="always run the whole network")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu | cuda | mps (default: the best available)")
-    p.add_argument("--runs-dir", type=Path, default=None, help="run store folder (default $FREEZE_LAB_RUNS_DIR or ./runs)")
-    p.add_argument("--name", default=None, help="display name of the run")
-    p.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
+    """`RunConfig`'s fields as options (`core.cli`), and what a command-line run adds."""
+    p = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(p, RunConfig, derived=DERIVED)
+    run = p.add_argument_group("the run")
+    run.add_argument("--device", default=None, help="cpu | cuda | cuda:<index> | mps (default: the best available)")
+    run.add_argument("--runs-dir", type=Path, default=None, help="run store folder (default $FREEZE_LAB_RUNS_DIR or ./runs)")
+    run.add_argument("--name", default=None, help="display name of the run")
+    run.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
     return p
 
 
 def make_config(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
-    """The `RunConfig` the arguments stand for, and the dataset, read to learn its classes."""
+    """The `RunConfig` the arguments stand for, and the dataset, read to learn its classes; the preset
+    is resolved to frozen module paths on a meta-device skeleton."""
     from core.data import load_dataset
     from core.freezing import preset_frozen
     from core.models import build_skeleton
@@ -83,30 +64,7 @@ def make_config(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
     dataset = load_dataset(args.dataset, val_fraction=args.val_fraction, seed=args.seed)
     num_classes = len(dataset.classes)
     frozen = preset_frozen(build_skeleton(args.arch, num_classes), args.arch, args.preset)
-    lr = args.lr if args.lr is not None else (0.01 if args.optimizer == "sgd" else 1e-3)
-    config = RunConfig(
-        arch=args.arch,
-        weights=args.weights,
-        num_classes=num_classes,
-        frozen=frozen,
-        preset=args.preset,
-        bn_frozen_eval=not args.bn_train,
-        unfreeze_after=args.unfreeze_after,
-        dataset=str(args.dataset),
-        val_fraction=args.val_fraction,
-        image_size=args.image_size,
-        augment=tuple(args.augment),
-        optimizer=args.optimizer,
-        lr=lr,
-        backbone_lr_mult=args.backbone_lr_mult,
-        weight_decay=args.weight_decay,
-        scheduler=args.scheduler,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        precision=args.precision,
-        feature_cache=not args.no_feature_cache,
-    )
+    config = RunConfig(**config_fields(args, RunConfig, derived=DERIVED), num_classes=num_classes, frozen=frozen)
     config.validate()
     return config, dataset
 

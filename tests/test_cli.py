@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from core.cli import image_size
 from core.store import RunStore
-from core.train import image_size, main
+from core.train import main
 from tests.test_training import draw_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,3 +104,25 @@ def test_ctrl_c_on_a_json_run_prints_json_that_says_cancelled(tmp_path, env):
     assert result["status"] == "cancelled" and result["reason"] == "stopped from the keyboard"
     assert result["skipped"] == [{"file": "disc/notes.txt", "reason": "not an image file type (.txt)"}]
     assert RunStore(env["FREEZE_LAB_RUNS_DIR"]).load(result["run_id"]).status == "cancelled"
+
+
+def test_every_config_field_is_an_option_with_the_configs_default_and_comment():
+    """The command line is generated from RunConfig (core.cli): it cannot drift from the config."""
+    import dataclasses
+
+    from core.cli import field_comments
+    from core.config import RunConfig
+    from core.train import DERIVED, parser
+
+    p = parser()
+    defaults = p.parse_args([])
+    comments = field_comments(RunConfig)
+    options = {a.dest: a for a in p._actions}
+    for f in dataclasses.fields(RunConfig):
+        if f.name in DERIVED:
+            assert f.name not in options
+            continue
+        default = getattr(defaults, f.name)
+        assert (tuple(default) if isinstance(default, list) else default) == f.default, f.name
+        assert options[f.name].help == comments[f.name] and comments[f.name], f.name
+    assert p.parse_args(["--image-size", "448x224", "--no-feature-cache", "--augment", "flip", "crop"]).image_size == (448, 224)

@@ -1,0 +1,66 @@
+"""Command-line options generated from a config dataclass, so a CLI and the config cannot drift.
+
+Every field becomes ``--field-name`` with the field's default, its type (``int``, ``float``,
+``str``; a ``bool`` as ``--name/--no-name``; a tuple as a list of values; ``image_size`` as ``S`` or
+``HxW``), the choices `core.config.CHOICES` names, and the comment written beside the field as its
+help. Fields a command line derives itself (the class count comes from the dataset) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import io
+import re
+import tokenize
+from typing import Any
+
+from core.config import CHOICES
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """"64" -> (64, 64); "448x224" -> (448, 224) as height x width."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+))?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected S or HxW, got {text!r}")
+    h = int(m.group(1))
+    return h, int(m.group(2) or h)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment on each field's line of `cls`'s source: {"lr": "learning rate of the new head", ...}."""
+    source = inspect.getsource(cls)
+    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    fields = [node for node in ast.parse(source).body[0].body if isinstance(node, ast.AnnAssign)]
+    return {node.target.id: comments[node.lineno] for node in fields if node.lineno in comments}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, derived: tuple[str, ...] = ()) -> None:
+    """One option per field of the dataclass `cls`, except the `derived` ones (see the module docstring)."""
+    helps = field_comments(cls)
+    group = parser.add_argument_group(f"{cls.__name__} fields (defaults as in the app)")
+    for f in dataclasses.fields(cls):
+        if f.name in derived:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"default": f.default, "help": helps.get(f.name, "")}
+        kind = str(f.type)
+        if f.name == "image_size":
+            kwargs |= {"type": image_size, "metavar": "S|HxW"}
+        elif kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("tuple"):
+            kwargs |= {"nargs": "*", "default": list(f.default)}
+        else:
+            kwargs["type"] = {"int": int, "float": float}.get(kind, str)
+        if f.name in CHOICES:
+            kwargs["choices"] = CHOICES[f.name]
+        group.add_argument(flag, dest=f.name, **kwargs)
+
+
+def config_fields(args: argparse.Namespace, cls: type, *, derived: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values of `cls`'s fields in parsed `args` (without the `derived` ones), ready for `cls(**...)`."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in derived}
