@@ -8,9 +8,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 from core.estimate import cost_profile, human_bytes, run_memory
-from ui.manager import get_manager
+from ui.services import get_manager
 
-PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "model.py")
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 from tests.test_training import draw_folder
-from ui.manager import get_manager
+from ui.services import get_manager
 
-PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "train.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "train.py")
 
 
 @pytest.fixture

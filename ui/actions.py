@@ -14,7 +14,7 @@ from core.data import dataset_name
 from core.freezing import preset_label
 from core.jobs import JobManager
 from core.models import arch_spec
-from ui.session import draft, session_owner, set_draft
+from ui.session import draft, forget_dataset_classes, post_notice, session_owner, set_draft
 
 # How a changed draft field is named to the user, and how its value is written.
 _SAID = {
@@ -35,8 +35,8 @@ def pretrain_demo_backbone(manager: JobManager) -> str:
     after = set_draft(transfer_from_demo_backbone(run_id, before))
     said = [f"{_SAID[k][0]} {_SAID[k][1](old)} → {_SAID[k][1](new)}"
             for k, (old, new) in changed_fields(before, after).items() if k in _SAID]
-    st.session_state.pop("dataset_classes", None)  # the Data page's classes were another dataset's
-    st.session_state["train_notice"] = (
+    forget_dataset_classes()  # the Data page's classes were another dataset's
+    post_notice(
         "Queued the demo backbone (ResNet-18 on demo-source, 3 epochs). Your setup now fine-tunes it on "
         "demo-target; this changed: " + "; ".join(said) + ". Runs you start now wait in the queue until it has trained."
     )

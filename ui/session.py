@@ -18,6 +18,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.config import RunConfig, data_dir
+from core.data import Dataset
 from core.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -92,3 +93,42 @@ def _load(tab: str) -> RunConfig | None:
     except (OSError, ValueError, TypeError) as exc:
         log.warning("ignoring the saved draft of tab %s: %s", tab, exc)
         return None
+
+
+# --- what the Data page learned, for the other pages ----------------------------------------------
+_CLASSES = "dataset_classes"  # the class names of the dataset the Data page last checked
+_SIZES = "dataset_sizes"  # dataset reference -> (train images, val images), for the Model page's run memory
+
+
+def remember_dataset(ds: Dataset) -> None:
+    """Keep the facts of the dataset the Data page checked: its classes, and its split sizes."""
+    st.session_state[_CLASSES] = list(ds.classes)
+    st.session_state.setdefault(_SIZES, {})[ds.ref] = (len(ds.train), len(ds.val))
+
+
+def dataset_classes() -> list[str] | None:
+    """The class names of the dataset last checked on the Data page, None when none was (or it was forgotten)."""
+    return st.session_state.get(_CLASSES)
+
+
+def forget_dataset_classes() -> None:
+    """The draft now names another dataset: its classes are not known until the Data page checks it."""
+    st.session_state.pop(_CLASSES, None)
+
+
+def dataset_sizes(ref: str) -> tuple[int, int] | None:
+    """(train, val) image counts of `ref` as the Data page found them, None when it has not checked it."""
+    return st.session_state.get(_SIZES, {}).get(ref)
+
+
+# --- one message for the next page to show ----------------------------------------------------------
+_NOTICE = "notice"
+
+
+def post_notice(text: str) -> None:
+    """A message the next page that calls `pop_notice` shows once (an action that switched pages says what it did)."""
+    st.session_state[_NOTICE] = text
+
+
+def pop_notice() -> str | None:
+    return st.session_state.pop(_NOTICE, None)

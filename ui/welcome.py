@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.jobs import JobManager
 from ui.actions import pretrain_demo_backbone
-from ui.session import update_draft
+from ui.session import forget_dataset_classes, update_draft
 
 
 def first_run_panel(manager: JobManager) -> None:
@@ -25,15 +25,15 @@ def first_run_panel(manager: JobManager) -> None:
             st.markdown("**1. The data.** 4 new shapes, 80 images each: a small target task.")
             if st.button("Use the demo data", key="welcome_data", icon=":material/photo_library:"):
                 update_draft(dataset="demo-target", num_classes=4)
-                st.session_state.pop("dataset_classes", None)
-                st.switch_page("app_pages/data.py")
+                forget_dataset_classes()
+                st.switch_page("pages/data.py")
         with two:
             st.markdown("**2. A backbone.** Pretrain ResNet-18 on the 6 source shapes (about a minute).")
             if st.button("Pretrain the demo backbone", key="welcome_pretrain", icon=":material/bolt:"):
                 pretrain_demo_backbone(manager)
-                st.switch_page("app_pages/train.py")
+                st.switch_page("pages/train.py")
         with three:
             st.markdown("**3. The strategies.** Tick what to train here (or a preset), start runs from the "
                         "backbone on the Train page, then compare them side by side.")
             if st.button("Open Compare", key="welcome_compare", icon=":material/compare_arrows:"):
-                st.switch_page("app_pages/compare.py")
+                st.switch_page("pages/compare.py")

@@ -6,6 +6,7 @@ adds up a whole run (resident images, features, evaluation, checkpoint copies), 
 feature cache exactly as the engine will, `livebytes` counts tensor bytes alive, `units` formats.
 """
 
+from core.estimate.choice import ChoiceCosts, choice_costs
 from core.estimate.costs import (
     OPTIMIZER_STATES,
     PRECISION_BYTES,
@@ -30,8 +31,8 @@ from core.estimate.profile import CostProfile, LeafCall
 from core.estimate.units import human_bytes, human_flops, human_share
 
 __all__ = [
-    "CPU_FEATURE_BUDGET", "OPTIMIZER_STATES", "PRECISION_BYTES", "CostProfile", "Costs", "ExactCosts", "FeaturePlan",
-    "LeafCall", "LiveBytes", "RunMemory", "cached_calls", "compare_to_full", "cost_profile", "estimate",
+    "CPU_FEATURE_BUDGET", "ChoiceCosts", "OPTIMIZER_STATES", "PRECISION_BYTES", "CostProfile", "Costs", "ExactCosts", "FeaturePlan",
+    "LeafCall", "LiveBytes", "RunMemory", "cached_calls", "choice_costs", "compare_to_full", "cost_profile", "estimate",
     "feature_budget", "feature_shape", "forward_pass_bytes", "human_bytes", "human_flops", "human_share",
     "measure_exact", "plan_feature_cache", "plan_features", "run_memory",
 ]

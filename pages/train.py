@@ -8,11 +8,12 @@ from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS
 from core.data import dataset_name
 from core.freezing import model_structure, preset_label
 from core.models import arch_spec, imagenet_available
+from core.store import CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING
 from ui import charts
 from ui.actions import pretrain_demo_backbone
 from ui.downloads import run_downloads
-from ui.manager import get_manager
-from ui.session import draft, session_owner, update_draft
+from ui.services import get_manager
+from ui.session import draft, pop_notice, session_owner, update_draft
 
 manager = get_manager()
 cfg = draft()
@@ -56,7 +57,7 @@ if st.button("Pretrain a demo backbone (ResNet-18, full fine-tune on demo-source
              icon=":material/bolt:", key="train_pretrain_demo"):
     pretrain_demo_backbone(manager)
     st.rerun()
-if notice := st.session_state.pop("train_notice", None):
+if notice := pop_notice():
     st.success(notice, icon=":material/bolt:")
 
 # --- hyper-parameters -----------------------------------------------------------------------
@@ -124,18 +125,15 @@ def fresh_snapshot(run_id: str):
     return snap, figures
 
 
-def live_view(run_id: str) -> None:
-    snap, figures = fresh_snapshot(run_id)
-    if snap is None:
-        st.warning(f"There is no run {run_id!r}.")
-        return
+def run_status(snap) -> None:
+    """Name, status, the queue position or the progress bar, and Stop."""
     st.subheader(f"Run: {snap.name}")
     st.caption(f"id `{snap.id}` · {snap.status}")
 
-    if snap.status == "queued":
+    if snap.status == QUEUED:
         st.info(f"Queued: position {snap.queue_position} — one run trains at a time on this device.",
                 icon=":material/hourglass_top:")
-    elif snap.status == "running":
+    elif snap.status == RUNNING:
         eta = f" · about {snap.eta_s:.0f} s left" if snap.eta_s is not None else ""
         # the engine counts epochs from 1 (0 until its first step)
         st.progress(snap.progress, text=f"Epoch {min(max(snap.epoch, 1), snap.epochs or 1)}/{snap.epochs} · "
@@ -144,26 +142,32 @@ def live_view(run_id: str) -> None:
     # A run this session did not start is someone's work (another user's, or this user's before a
     # reload): stopping it takes a second, deliberate click.
     if not snap.done and snap.owner in ("", session_owner()):
-        st.button("Stop", icon=":material/stop:", key="train_stop", on_click=manager.cancel, args=(run_id,))
+        st.button("Stop", icon=":material/stop:", key="train_stop", on_click=manager.cancel, args=(snap.id,))
     elif not snap.done:
         with st.popover("Stop", icon=":material/stop:"):
             st.markdown("This browser session did not start this run: it may be another user's. Stopping it "
                         "ends their training; its metrics so far are kept.")
             st.button("Stop this run", key="train_stop_other", type="primary", on_click=manager.cancel,
-                      args=(run_id,))
+                      args=(snap.id,))
 
-    if snap.status == "failed":
+
+def run_outcome(snap) -> None:
+    """Why a run failed, was cancelled or interrupted."""
+    if snap.status == FAILED:
         st.error(f"**This run failed.** {snap.reason}", icon=":material/error:")
-        trace = manager.store.read_traceback(run_id)
+        trace = manager.store.read_traceback(snap.id)
         if trace:
             with st.expander("Traceback"):
                 st.code(trace, language="text")
-    elif snap.status in ("cancelled", "interrupted"):
+    elif snap.status in (CANCELLED, INTERRUPTED):
         reason = snap.reason.rstrip(".") if snap.reason else ""  # reasons are stored lower-case, without a full stop
         kept = " Its metrics so far are kept." if snap.metrics.get("epochs") else ""
         st.warning(f"**This run was {snap.status}.** {reason[:1].upper()}{reason[1:]}.{kept}",
                    icon=":material/stop_circle:")
 
+
+def run_figures(snap) -> None:
+    """The last epoch's headline numbers."""
     epochs = snap.metrics.get("epochs", [])
     last = epochs[-1] if epochs else None
     if last:
@@ -183,6 +187,9 @@ def live_view(run_id: str) -> None:
                       help="The training process's peak resident memory (the interpreter, libraries and every run "
                            "that process trained so far included). The Model page's estimate counts the run's "
                            "tensors only.")
+
+
+def feature_cache_note(snap) -> None:
     cache = snap.summary.feature_cache or snap.info.get("feature_cache")
     if cache:
         if not cache.get("used"):
@@ -194,6 +201,8 @@ def live_view(run_id: str) -> None:
             text = f"on — the frozen prefix up to `{cache.get('prefix')}` is computed once"
         st.caption(f":material/memory: Feature cache: {text}")
 
+
+def show_charts(figures) -> None:
     left, right = st.columns(2)
     loss, accuracy, per_class, confusion = figures
     left.plotly_chart(loss, key="train_loss_chart", width="stretch")
@@ -201,8 +210,11 @@ def live_view(run_id: str) -> None:
     left.plotly_chart(per_class, key="train_class_chart", width="stretch")
     right.plotly_chart(confusion, key="train_confusion_chart", width="stretch")
 
+
+def audit_note(snap) -> None:
+    """The freeze audit of a finished run: every frozen tensor bit-identical, or which changed."""
     audit = snap.summary.freeze_audit
-    if snap.status == "finished" and audit:
+    if snap.status == FINISHED and audit:
         if audit.get("ok") and not audit["checked_tensors"]:
             st.success("Freeze audit passed: nothing is frozen in this run, so no tensor had to stay unchanged.",
                        icon=":material/verified:")
@@ -213,6 +225,18 @@ def live_view(run_id: str) -> None:
             st.error(f"Freeze audit failed: {len(audit['changed'])} frozen tensors changed: "
                      + ", ".join(audit["changed"][:10]), icon=":material/gpp_bad:")
 
+
+def live_view(run_id: str) -> None:
+    snap, figures = fresh_snapshot(run_id)
+    if snap is None:
+        st.warning(f"There is no run {run_id!r}.")
+        return
+    run_status(snap)
+    run_outcome(snap)
+    run_figures(snap)
+    feature_cache_note(snap)
+    show_charts(figures)
+    audit_note(snap)
     if snap.done and st.session_state.get("train_live") == run_id:
         st.session_state.pop("train_live")
         st.rerun()  # a full rerun turns the fragment's timer off
@@ -247,7 +271,7 @@ if run_id:
     if running:
         st.session_state["train_live"] = run_id
     st.fragment(live_view, run_every=LIVE_EVERY_S if running else None)(run_id)
-    if snap is not None and snap.status == "finished" and manager.store.exists(run_id):
+    if snap is not None and snap.status == FINISHED and manager.store.exists(run_id):
         run_downloads(manager.store.load(run_id), manager.store.root, key="train")
     if snap is not None and not running:
         with st.expander("Rename or delete this run"):

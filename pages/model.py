@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import codegen, estimate
 from core.config import data_dir
-from core.devices import amp_dtype, pick_device
+from core.devices import pick_device
 from core.freezing import (
     PRESET_HELP,
     model_structure,
@@ -30,9 +30,10 @@ from core.models import (
     read_state_dict,
     store_checkpoint,
 )
-from core.store import run_state_dict
-from ui.manager import get_manager
-from ui.session import draft, update_draft
+from core.store import FINISHED, QUEUED, RUNNING
+from ui import services
+from ui.services import get_manager
+from ui.session import dataset_classes, dataset_sizes, draft, update_draft
 from ui.tree import apply_edits, group_table, groups_of, overview_table
 from ui.welcome import first_run_panel
 
@@ -42,17 +43,6 @@ WEIGHT_SOURCES = {
     "checkpoint": "Checkpoint file",
     "run": "An earlier run",
 }
-
-
-@st.cache_resource(max_entries=16)
-def profile_for(arch: str, num_classes: int, size: tuple[int, int]):
-    return estimate.cost_profile(arch, num_classes, size)
-
-
-@st.cache_data(max_entries=32, show_spinner="Reading the run's weights…")
-def run_report(run_id: str, arch: str, num_classes: int) -> dict:
-    state, source = run_state_dict(run_id, arch)
-    return checkpoint_report(build_skeleton(arch, num_classes), arch, state, source=source).to_dict()
 
 
 def skeleton(arch: str, num_classes: int):
@@ -116,7 +106,7 @@ source = c_weights.selectbox(
     help="Where the starting weights come from. Without network access use random init, a checkpoint, "
          "or an earlier run (e.g. a backbone pretrained on the demo-source dataset).",
 )
-classes = st.session_state.get("dataset_classes")
+classes = dataset_classes()
 num_classes = c_classes.number_input(  # the limit grows with a dataset of more classes (then the box is disabled)
     "Classes", min_value=2, max_value=max(10_000, cfg.num_classes), value=cfg.num_classes, step=1, key="model_classes",
     disabled=classes is not None,
@@ -172,7 +162,7 @@ elif source == "run":
     # Rendering never picks a run for the user: the draft changes only when the box does.
     current = cfg.weights.removeprefix("run:") if cfg.weights.startswith("run:") else None
     runs = {r.id: r for r in get_manager().store.list()
-            if r.config.arch == arch and r.status in ("finished", "queued", "running") or r.id == current}
+            if r.config.arch == arch and r.status in (FINISHED, QUEUED, RUNNING) or r.id == current}
     if not runs:
         st.info(f"No {CATALOG[arch].label} run yet. Train one (e.g. full fine-tune on demo-source) "
                 "and its weights appear here.", icon=":material/info:")
@@ -181,22 +171,22 @@ elif source == "run":
 
         def _label(i: str) -> str:
             r = runs[i]
-            return f"{r.name} ({r.id})" + ("" if r.status == "finished" else f" · {r.status}")
+            return f"{r.name} ({r.id})" + ("" if r.status == FINISHED else f" · {r.status}")
 
         run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else None, key="model_run",
                               format_func=_label, placeholder="Choose the run whose weights to start from")
         if run_id is not None:
             cfg = update_draft(weights=f"run:{run_id}")
             chosen = runs[run_id]
-            if chosen.status in ("queued", "running"):
+            if chosen.status in (QUEUED, RUNNING):
                 st.info(f"This run is still {chosen.status}: a run started from it waits in the queue until it has "
                         "finished and its weights exist.", icon=":material/hourglass_top:")
-            elif chosen.status != "finished":
+            elif chosen.status != FINISHED:
                 st.error(f"This run {chosen.status}: it has no weights to start from. Choose another run.",
                          icon=":material/error:")
             else:
                 try:
-                    report = LoadReport.from_dict(run_report(run_id, arch, cfg.num_classes))
+                    report = LoadReport.from_dict(services.run_report(run_id, arch, cfg.num_classes))
                 except CheckpointError as exc:
                     st.error(str(exc), icon=":material/error:")
 
@@ -241,24 +231,12 @@ if has_bn or has_sd:
 # --- costs: one training step, and a whole run on the chosen data --------------------------------
 model = skeleton(arch, cfg.num_classes)
 device = pick_device()
-precision = "bf16" if amp_dtype(cfg.precision, device) is not None else "fp32"
-sizes = st.session_state.get("dataset_sizes", {}).get(cfg.dataset)  # (train, val), set by the Data page
 try:
-    profile = profile_for(arch, cfg.num_classes, cfg.image_size)
+    costs = estimate.choice_costs(services.profile(arch, cfg.num_classes, cfg.image_size), cfg, device,
+                                  sizes=dataset_sizes(cfg.dataset), skeleton=model)
 except ValueError as exc:  # e.g. BatchNorm refuses one value per channel when a small input shrinks to 1x1
-    profile = None
+    costs = None
     profile_error = f"No cost estimate for {CATALOG[arch].label} at {cfg.image_size[0]}×{cfg.image_size[1]}: {exc}"
-mine_run = full_run = None
-if profile is not None:
-    if sizes:
-        mine_run, full_run = (
-            estimate.run_memory(profile, c, train_images=sizes[0], val_images=sizes[1], device=device, skeleton=model)
-            for c in (cfg, cfg.replace(frozen=(), preset="full")))
-        mine, full = mine_run.step, full_run.step
-    else:
-        options = dict(optimizer=cfg.optimizer, batch_size=cfg.batch_size, precision=precision,
-                       bn_frozen_eval=cfg.bn_frozen_eval)
-        mine, full = estimate.estimate(profile, cfg.frozen, **options), estimate.estimate(profile, (), **options)
 
 # --- counts -----------------------------------------------------------------------------------
 trainable, frozen_count = tree.counts(cfg.frozen)
@@ -270,12 +248,12 @@ with st.container(horizontal=True, gap="medium"):
     st.metric("Frozen parameters", f"{frozen_count:,}", f"{estimate.human_share(frozen_count, total)} of all",
               delta_color="off", delta_arrow="off", width="content")
     st.metric("Strategy", preset_label(cfg.preset), width="content")
-    if mine_run is not None:
-        st.metric("Peak memory of a run", estimate.human_bytes(mine_run.peak_bytes), f"during {mine_run.peak_moment}",
+    if costs is not None and costs.run is not None:
+        st.metric("Peak memory of a run", estimate.human_bytes(costs.run.peak_bytes), f"during {costs.run.peak_moment}",
                   delta_color="off", delta_arrow="off", width="content", help=f"Estimated for "
-                  f"{device.type.upper()}, {precision}, batch {cfg.batch_size}, {mine_run.images:,} images; see the Cost tab.")
-    elif profile is not None:
-        st.metric("Memory per training step", estimate.human_bytes(mine.total_bytes), width="content",
+                  f"{device.type.upper()}, {costs.precision}, batch {cfg.batch_size}, {costs.run.images:,} images; see the Cost tab.")
+    elif costs is not None:
+        st.metric("Memory per training step", estimate.human_bytes(costs.step.total_bytes), width="content",
                   help="Pick the dataset on the Data page to see the peak of a whole run.")
 st.progress(trainable / total, text=f"{estimate.human_share(trainable, total)} of the parameters train")
 
@@ -325,29 +303,29 @@ with tab_tree:
 
 # --- cost -------------------------------------------------------------------------------------
 with tab_cost:
-    if profile is None:
+    if costs is None:
         st.warning(profile_error, icon=":material/warning:")
     else:
-        ratio = estimate.compare_to_full(mine, full)
+        ratio = estimate.compare_to_full(costs.step, costs.full_step)
         st.markdown(
             f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
             f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "
-            f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, {precision} on {device.type.upper()})."
+            f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, {costs.precision} on {device.type.upper()})."
         )
-        st.dataframe(cost_table(mine.to_rows(), full.to_rows()), hide_index=True, width="stretch", height="content")
+        st.dataframe(cost_table(costs.step.to_rows(), costs.full_step.to_rows()), hide_index=True, width="stretch", height="content")
         st.caption("FLOPs counted with torch.utils.flop_counter. Memory measured on the model's structure (meta "
                    "device, no compute): what autograd saves for backward (saved-tensor hooks) and the tensors in "
                    "flight at the busiest layer (live tensors counted op by op).")
         st.subheader("A whole run")
-        if mine_run is None:
+        if costs.run is None:
             st.info("Pick the dataset on the Data page to see the peak memory of a whole run: the decoded images "
                     "and cached features stay on the device next to the training state.", icon=":material/dataset:")
         else:
-            plan = mine_run.feature_cache
+            plan = costs.run.feature_cache
             cache = (f"features cached up to `{plan.prefix}`" if plan.used
                      else f"no feature cache ({plan.reason})")
-            st.markdown(f"On **{cfg.dataset}** ({mine_run.images:,} images) with this choice: {cache}.")
-            st.dataframe(cost_table(mine_run.to_rows(), full_run.to_rows()), hide_index=True, width="stretch",
+            st.markdown(f"On **{cfg.dataset}** ({costs.run.images:,} images) with this choice: {cache}.")
+            st.dataframe(cost_table(costs.run.to_rows(), costs.full_run.to_rows()), hide_index=True, width="stretch",
                          height="content")
             st.caption("Not counted: the workspaces cuDNN and cuBLAS take on a GPU (most in the first steps, "
                        "while cuDNN tries algorithms), the CUDA context, and the Python process.")

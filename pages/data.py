@@ -10,8 +10,9 @@ import streamlit as st
 
 from core import data
 from core.config import RunConfig, data_dir
+from ui import services
 from ui.session import draft as current_draft
-from ui.session import update_draft
+from ui.session import remember_dataset, update_draft
 
 SOURCES = {
     "demo-target": "Demo target (4 shapes, few images)",
@@ -23,16 +24,6 @@ SOURCES = {
 }
 DEMO_SIZES = {"demo-source": (100, 300, 1000), "demo-target": (10, 30, 80)}  # images per class
 MAX_UPLOAD_BYTES = 200 * 1024**2  # matches server.maxUploadSize in .streamlit/config.toml
-
-
-@st.cache_data(max_entries=16, show_spinner="Checking images…")
-def load(ref: str, seed: int, val_fraction: float, root_dir: str) -> data.Dataset:
-    return data.load_dataset(ref, data_dir=Path(root_dir), val_fraction=val_fraction, seed=seed)
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def thumbnails(ref: str, seed: int, val_fraction: float, root_dir: str):
-    return data.preview(load(ref, seed, val_fraction, root_dir), per_class=8)
 
 
 def source_of(ref: str) -> str:
@@ -104,7 +95,7 @@ try:
     ref, _ = data.prepare_dataset(
         ref, data_dir=Path(root_dir), progress=lambda done, total, msg: bar.progress(done / max(total, 1), text=msg)
     )
-    ds = load(ref, draft.seed, val_fraction, root_dir)
+    ds = services.dataset(ref, draft.seed, val_fraction, root_dir)
 except data.DatasetError as exc:
     bar.empty()  # no empty "Downloading…" bar left under the error
     st.error(str(exc))
@@ -113,8 +104,7 @@ bar.empty()
 
 if (draft.dataset, draft.num_classes, draft.val_fraction) != (ds.ref, len(ds.classes), val_fraction):
     draft = update_draft(dataset=ds.ref, num_classes=len(ds.classes), val_fraction=val_fraction)
-st.session_state["dataset_classes"] = ds.classes
-st.session_state.setdefault("dataset_sizes", {})[ds.ref] = (len(ds.train), len(ds.val))  # for the Model page's memory
+remember_dataset(ds)  # the classes and sizes, for the Model page
 
 split_text = "its own train/val folders" if ds.given_split else f"{val_fraction:.0%} per class held out, seed {draft.seed}"
 st.success(f"The run uses **{ds.ref}**: {len(ds.classes)} classes, split by {split_text}.", icon=":material/check_circle:")
@@ -138,7 +128,7 @@ fig.update_layout(margin=dict(l=0, r=0, t=10, b=0), legend_title_text="", xaxis_
 st.plotly_chart(fig, key="data_counts_chart", width="stretch")
 
 st.subheader("Preview")
-shown = thumbnails(ds.ref, draft.seed, val_fraction, root_dir)
+shown = services.thumbnails(ds.ref, draft.seed, val_fraction, root_dir)
 for name, images in shown.items():
     label, pics = st.columns([1, 6], vertical_alignment="center")
     label.markdown(f"**{name}**")

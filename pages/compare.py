@@ -8,16 +8,12 @@ from core.analysis import compare
 from core.analysis.inference import inference_device, weights_mtime
 from core.data import DatasetError
 from core.models import CheckpointError, WeightsUnavailableError
-from ui import charts
+from core.store import FINISHED
+from ui import charts, services
 from ui.downloads import run_downloads
-from ui.manager import get_manager
+from ui.services import get_manager
 
 manager = get_manager()
-
-
-@st.cache_data(max_entries=8, show_spinner="Classifying the validation split…")
-def misclassified_of(run_id: str, mtime: float, device: str, limit: int):
-    return compare.misclassified(manager.store.load(run_id), device=device, limit=limit, runs_dir=manager.store.root)
 
 
 st.title("Compare")
@@ -52,7 +48,7 @@ everything = compare.runs_table(records)
 with st.expander(f"All runs ({len(records)})", expanded=False):
     st.dataframe(everything.drop(columns="id"), hide_index=True, width="stretch", key="compare_all_table",
                  column_config=RUN_COLUMNS)
-finished = [r.id for r in records if r.status == "finished"]
+finished = [r.id for r in records if r.status == FINISHED]
 chosen = st.multiselect("Runs to compare", list(by_id), default=finished[:3], key="compare_runs",
                         format_func=lambda i: f"{all_labels[i]} · {by_id[i].status}")
 if not chosen:
@@ -70,7 +66,6 @@ st.download_button("Comparison table (CSV)", compare.table_csv(table), "comparis
 only_diff = st.toggle("Differences only", value=True, key="compare_diff_only",
                       help="Show only the configuration fields whose values differ between the chosen runs.")
 configs = compare.config_differences(picked, only_diff)
-st.session_state["compare_config_fields"] = list(configs.index)
 if configs.empty:
     st.info("The chosen runs have identical configurations.", icon=":material/info:")
 else:
@@ -122,7 +117,7 @@ for i, (label, r) in enumerate(zip(compare.run_labels(picked), picked)):
 
 # --- one run: its worst mistakes, its files ------------------------------------------------------
 st.subheader("One run")
-done = [i for i in chosen if by_id[i].status == "finished" and by_id[i].has_weights]
+done = [i for i in chosen if by_id[i].status == FINISHED and by_id[i].has_weights]
 if not done:
     st.info("None of the chosen runs finished with saved weights.", icon=":material/info:")
     st.stop()
@@ -137,7 +132,7 @@ with gallery_tab:
         st.session_state["compare_gallery_run"] = one
     if st.session_state.get("compare_gallery_run") == one:
         try:
-            wrong = misclassified_of(one, weights_mtime(record), str(device), 24)
+            wrong = services.misclassified(one, weights_mtime(record), str(device), 24)
         except (CheckpointError, WeightsUnavailableError, DatasetError, ValueError) as exc:
             st.error(str(exc), icon=":material/error:")
         else:

@@ -10,8 +10,6 @@ from core.analysis.inference import (
     classify,
     finished_runs,
     inference_device,
-    load_imagenet_model,
-    load_run_model,
     top_k,
     weights_mtime,
 )
@@ -25,22 +23,11 @@ from core.models import (
     imagenet_available,
 )
 from ui import charts
-from ui.manager import get_manager
+from ui.services import get_manager, imagenet_classifier, run_classifier
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 
 manager = get_manager()
-
-
-@st.cache_resource(max_entries=8, show_spinner="Loading the run's model…")
-def run_classifier(run_id: str, mtime: float, device: str, precision: str) -> Classifier:
-    """One run's model per (run, weights file version, device): shared by sessions, read-only."""
-    return load_run_model(manager.store.load(run_id), device, precision, runs_dir=manager.store.root)
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading the ImageNet model…")
-def imagenet_classifier(arch: str, device: str) -> Classifier:
-    return load_imagenet_model(arch, device)
 
 
 st.title("Classify")
@@ -111,13 +98,11 @@ for f in files or []:
 if not images or not models:
     st.info("Upload one or more images and pick at least one finished run (or the ImageNet model).",
             icon=":material/info:")
-    st.session_state["classify_results"] = {}
     st.stop()
 
 current = {f.file_id for f, _ in images}
 memo = {key: p for key, p in st.session_state.get("classify_memo", {}).items() if key[0] in current}
 st.session_state["classify_memo"] = memo  # (file id, model key) -> probabilities, for the images shown
-results: dict[str, dict[str, list[float]]] = {}
 for model_key, clf in models:
     todo = [(f, img) for f, img in images if (f.file_id, model_key) not in memo]
     if todo:
@@ -131,12 +116,9 @@ for i, (f, img) in enumerate(images):
         cols = st.columns([1.3] + [2] * len(models))
         cols[0].image(img, caption=f.name, width=min(192, max(96, img.width)))
         cols[0].caption(f"{img.width}×{img.height} px")
-        results[f.name] = {}
         for j, (model_key, clf) in enumerate(models):
             probs = memo[(f.file_id, model_key)]
-            results[f.name][clf.label] = probs
             pairs = top_k(probs, clf.classes, int(k))
             cols[j + 1].plotly_chart(charts.top_k_figure(pairs, clf.label), key=f"classify_bar_{i}_{j}",
                                      width="stretch")
-st.session_state["classify_results"] = results
 st.caption(f"Top-{int(k)} classes with softmax probabilities; {len(images)} image(s), {len(models)} model(s).")

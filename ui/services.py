@@ -1,0 +1,76 @@
+"""Server-wide services the pages share: the one `JobManager`, and cached results of `core`.
+
+Everything here is cached per server process (`st.cache_resource` for objects the sessions share
+read-only, `st.cache_data` for values copied into each session). Pages call these instead of
+decorating `core` functions themselves, so each cache has one definition and one size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import data
+from core.analysis import compare
+from core.analysis.inference import Classifier, load_imagenet_model, load_run_model
+from core.estimate import CostProfile, cost_profile
+from core.jobs import JobManager
+from core.models import build_skeleton, checkpoint_report
+from core.store import RunStore, run_state_dict
+
+
+def _release(manager: JobManager) -> None:
+    """When the cached manager is dropped: refuse new runs, stop the running one, end the training process."""
+    manager.shutdown(wait=True, timeout=30)
+
+
+@st.cache_resource(on_release=_release)
+def get_manager() -> JobManager:
+    """The one job manager of this server process, shared by every browser session."""
+    # Keep this factory trivial: editing it makes a new cache entry and orphans running threads.
+    return JobManager(RunStore())
+
+
+@st.cache_resource(max_entries=16)
+def profile(arch: str, num_classes: int, size: tuple[int, int]) -> CostProfile:
+    """The cost profile of an architecture at an input size (recorded once, read on every click)."""
+    return cost_profile(arch, num_classes, size)
+
+
+@st.cache_data(max_entries=32, show_spinner="Reading the run's weights…")
+def run_report(run_id: str, arch: str, num_classes: int) -> dict:
+    """The load report of an earlier run's final weights on a model of `arch` with that head."""
+    state, source = run_state_dict(run_id, arch)
+    return checkpoint_report(build_skeleton(arch, num_classes), arch, state, source=source).to_dict()
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the run's model…")
+def run_classifier(run_id: str, mtime: float, device: str, precision: str) -> Classifier:
+    """One run's model per (run, weights file version, device): shared by sessions, read-only."""
+    store = get_manager().store
+    return load_run_model(store.load(run_id), device, precision, runs_dir=store.root)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the ImageNet model…")
+def imagenet_classifier(arch: str, device: str) -> Classifier:
+    return load_imagenet_model(arch, device)
+
+
+@st.cache_data(max_entries=8, show_spinner="Classifying the validation split…")
+def misclassified(run_id: str, mtime: float, device: str, limit: int) -> pd.DataFrame:
+    """The run's most confidently wrong validation images (per run, weights version and device)."""
+    store = get_manager().store
+    return compare.misclassified(store.load(run_id), device=device, limit=limit, runs_dir=store.root)
+
+
+@st.cache_data(max_entries=16, show_spinner="Checking images…")
+def dataset(ref: str, seed: int, val_fraction: float, root_dir: str) -> data.Dataset:
+    """A dataset reference checked and split (every image file opened once; later calls are cached)."""
+    return data.load_dataset(ref, data_dir=Path(root_dir), val_fraction=val_fraction, seed=seed)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def thumbnails(ref: str, seed: int, val_fraction: float, root_dir: str):
+    return data.preview(dataset(ref, seed, val_fraction, root_dir), per_class=8)
