@@ -1,6 +1,6 @@
 """What a freezing choice costs before any training: parameters, FLOPs and memory of one step.
 
-`estimate(profile, frozen, ...)` walks a `CostProfile` in pure Python (well under 5 ms), so every
+`estimate(profile, frozen, ...)` walks a `CostProfile` in pure Python (milliseconds), so every
 click gets its numbers; `core.estimate.exact.measure_exact` is the slow exact measurement the tests
 compare it with. Units and conventions: docs/cost_model.md.
 """

@@ -86,8 +86,8 @@ def feature_shape(arch: str, num_classes: int, image_size: tuple[int, int], leng
 
     A pass on the meta device: no memory, no kernels (a real one-image pass
     would pay for first-call kernel setup, or cuDNN autotuning, of a shape
-    that is never used again). Still 10-350 ms of Python for a catalog model,
-    so the answer (a pure function of the arguments) is kept.
+    that is never used again). It is still Python over every module, so the
+    answer (a pure function of the arguments) is kept.
     """
     skeleton = build_skeleton(arch, num_classes).eval()
     with torch.no_grad():

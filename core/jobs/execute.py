@@ -92,7 +92,7 @@ def execute(
         return outcome
     finally:
         # A failure's frames and tracebacks form reference cycles that hold tensors: collect
-        # them. A clean finish on the CPU frees by reference counting (gc costs ~0.1 s).
+        # them. A clean finish on the CPU frees by reference counting (a full collection is not free).
         _release_memory(device, collect=outcome is None or outcome.status != FINISHED or device.type != "cpu")
 
 

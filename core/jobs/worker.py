@@ -1,9 +1,9 @@
 """Training in a worker process, supervised by the job manager's thread.
 
-The app's server never trains in its own process. Measured on main (2-core CPU, ResNet-18 at 64 px):
-three viewers' one-second fragment reruns, and Streamlit's full garbage collection after each, made a
-run 24x slower by holding the GIL; and a crash in training (a segfault, the OOM killer) took every
-session down with the server.
+The app's server never trains in its own process: viewers' page reruns (and Streamlit's full garbage
+collection after each) hold the server's GIL, which a training thread needs for every step and every
+kernel launch, and a crash in training (a segfault, the OOM killer) would take every session down with
+the server. `bench/viewers.py` measures the first.
 
 `ProcessTrainer` is a `TrainFn` (`core.jobs.execute` calls it as it calls `core.engine.train`): it
 hands one `RunConfig` at a time to a long-lived worker process (started with ``spawn``, CUDA-safe,

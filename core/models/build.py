@@ -120,7 +120,7 @@ def _assign_all(model: nn.Module, state: dict[str, torch.Tensor], loaded: list[s
     (`load_state_dict(assign=True)`, cast to the model's dtype where they differ), when that leaves
     nothing on the meta device; False, and the model untouched, otherwise.
 
-    This skips computing a random init only to overwrite it: about a second for VGG-19 on a CPU.
+    This skips computing a random init only to overwrite it (VGG-19's is slow on a CPU).
     A partial checkpoint, whose missing tensors keep torchvision's init, takes the long way.
     """
     own = model.state_dict()
