@@ -1,4 +1,4 @@
-"""Freeze Lab: the entry point. A router over pages/ and a frame (title, sidebar)."""
+"""Freeze Lab: the entry point. A router over app_pages/ and a frame (title, sidebar)."""
 
 import os
 
@@ -11,11 +11,11 @@ from ui.session import keep_tab_in_url
 st.set_page_config(page_title="Freeze Lab", page_icon=":material/ac_unit:", layout="wide")
 
 PAGES = [
-    st.Page("pages/model.py", title="Model", icon=":material/account_tree:", default=True),
-    st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("app_pages/model.py", title="Model", icon=":material/account_tree:", default=True),
+    st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:"),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("app_pages/classify.py", title="Classify", icon=":material/image_search:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 
 page = st.navigation(PAGES)

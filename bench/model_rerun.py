@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("FREEZE_LAB_RUNS_DIR", tempfile.mkdtemp())
 
-    at = AppTest.from_file(str(ROOT / "pages" / "model.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "model.py"), default_timeout=120)
     config = RunConfig(arch=args.arch, num_classes=10, image_size=(args.size, args.size))
     at.session_state["draft"] = config
     # as after a visit to the Data page: the page also estimates a whole run on 1,920 + 480 images

@@ -42,7 +42,7 @@ from core.store import RunStore, StoreError
 from core.train import main as cli_main
 from ui.services import get_manager
 
-PAGES = Path(__file__).resolve().parents[1] / "pages"
+PAGES = Path(__file__).resolve().parents[1] / "app_pages"
 MB = 1024**2
 
 

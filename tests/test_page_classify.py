@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from tests.test_inference import shared, trained_runs  # noqa: F401  (the shared tiny runs)
 from ui.services import get_manager
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "classify.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "classify.py")
 
 
 @pytest.fixture

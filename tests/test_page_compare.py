@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from tests.test_inference import shared, trained_runs  # noqa: F401  (the shared tiny runs)
 from ui.services import get_manager
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "compare.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "compare.py")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "data.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "data.py")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from core.config import RunConfig
 from core.estimate import cost_profile, human_bytes, run_memory
 from ui.services import get_manager
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "model.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from core.config import RunConfig
 from tests.test_training import draw_folder
 from ui.services import get_manager
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "train.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "train.py")
 
 
 @pytest.fixture

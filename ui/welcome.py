@@ -26,14 +26,14 @@ def first_run_panel(manager: JobManager) -> None:
             if st.button("Use the demo data", key="welcome_data", icon=":material/photo_library:"):
                 update_draft(dataset="demo-target", num_classes=4)
                 forget_dataset_classes()
-                st.switch_page("pages/data.py")
+                st.switch_page("app_pages/data.py")
         with two:
             st.markdown("**2. A backbone.** Pretrain ResNet-18 on the 6 source shapes (about a minute).")
             if st.button("Pretrain the demo backbone", key="welcome_pretrain", icon=":material/bolt:"):
                 pretrain_demo_backbone(manager)
-                st.switch_page("pages/train.py")
+                st.switch_page("app_pages/train.py")
         with three:
             st.markdown("**3. The strategies.** Tick what to train here (or a preset), start runs from the "
                         "backbone on the Train page, then compare them side by side.")
             if st.button("Open Compare", key="welcome_compare", icon=":material/compare_arrows:"):
-                st.switch_page("pages/compare.py")
+                st.switch_page("app_pages/compare.py")
