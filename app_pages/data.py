@@ -17,12 +17,15 @@ from ui.session import remember_dataset, update_draft
 SOURCES = {
     "demo-target": "Demo target (4 shapes, few images)",
     "demo-source": "Demo source (6 shapes, many images)",
+    "demo-shift": "Demo shift (source shapes, inverted + blurred)",
+    "demo-flip": "Demo flip (source shapes, labels permuted)",
     "folder": "Folder on this machine",
     "zip": "Upload a zip",
     "cifar10": "CIFAR-10 (download)",
     "flowers102": "Flowers102 (download)",
 }
-DEMO_SIZES = {"demo-source": (100, 300, 1000), "demo-target": (10, 30, 80)}  # images per class
+DEMO_SIZES = {"demo-source": (100, 300, 1000), "demo-target": (10, 30, 80), "demo-shift": (10, 30, 80),
+              "demo-flip": (10, 30, 80)}  # images per class
 MAX_UPLOAD_BYTES = 200 * 1024**2  # matches server.maxUploadSize in .streamlit/config.toml
 
 
@@ -56,6 +59,7 @@ if source in data.DEMO_DATASETS:
         key=f"data_demo_size_{source}", help="Drawn once on this machine (no download); each size is kept in its own folder.",
     )
     ref = data.demo_ref(source, per_class)
+    st.caption(data.demo.DESCRIPTIONS[source])
 elif source == "folder":
     ref = left.text_input(
         "Folder path", value=draft.dataset if source_of(draft.dataset) == "folder" else "", key="data_folder",

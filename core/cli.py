@@ -1,9 +1,10 @@
 """Command-line options generated from a config dataclass, so a CLI and the config cannot drift.
 
 Every field becomes ``--field-name`` with the field's default, its type (``int``, ``float``,
-``str``; a ``bool`` as ``--name/--no-name``; a tuple as a list of values; ``image_size`` as ``S`` or
-``HxW``), the choices `core.config.CHOICES` names, and the comment written beside the field as its
-help. Fields a command line derives itself (the class count comes from the dataset) are left out.
+``str``; a ``bool`` as ``--name/--no-name``; a tuple as a list of values, separated by spaces or
+commas, ``--lrs 0.01,0.001``; ``image_size`` as ``S`` or ``HxW``), the choices
+`core.config.CHOICES` names, and the comment written beside the field as its help. Fields a command
+line derives itself (the class count comes from the dataset) are left out.
 """
 
 from __future__ import annotations
@@ -62,5 +63,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, derived:
 
 
 def config_fields(args: argparse.Namespace, cls: type, *, derived: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The values of `cls`'s fields in parsed `args` (without the `derived` ones), ready for `cls(**...)`."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in derived}
+    """The values of `cls`'s fields in parsed `args` (without the `derived` ones), ready for `cls(**...)`;
+    `ValueError` naming the option when a list item is not a number where one is expected."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in derived:
+            continue
+        value = getattr(args, f.name)
+        kind = str(f.type)
+        if kind.startswith("tuple") and f.name != "image_size":
+            value = tuple(_item(item, kind, f.name) for text in value for item in str(text).split(",") if item.strip())
+        values[f.name] = value
+    return values
+
+
+def _item(text: str, kind: str, name: str):
+    """One item of a list option, as the element type the field's annotation names."""
+    cast = float if "float" in kind else int if "int" in kind else str
+    try:
+        return cast(text.strip())
+    except ValueError:
+        raise ValueError(f"--{name.replace('_', '-')}: {text.strip()!r} is not a number") from None

@@ -18,7 +18,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
 PRECISIONS = ("auto", "fp32", "bf16")
 AUGMENTATIONS = ("crop", "flip", "jitter")
-CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "precision": PRECISIONS, "augment": AUGMENTATIONS}
+SWEEP_KINDS = ("depth", "surgical", "grid")
+CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "precision": PRECISIONS, "augment": AUGMENTATIONS,
+           "kind": SWEEP_KINDS}
 MAX_SEED = 2**31 - 1  # torch generators take at most 64 bits (and seed + 1 is used); the Train page's limit
 
 
@@ -34,7 +36,7 @@ class RunConfig:
     bn_frozen_eval: bool = True  # frozen BatchNorm layers and frozen blocks' stochastic depth stay in eval mode
     unfreeze_after: int = 0  # gradual unfreezing: >0 trains only the head for this many epochs first
     # --- data --------------------------------------------------------------
-    dataset: str = "demo-target"  # "demo-source" | "demo-target" | a folder path | "cifar10" | "flowers102"
+    dataset: str = "demo-target"  # demo-source | demo-target | demo-shift | demo-flip | a folder path | cifar10 | flowers102
     val_fraction: float = 0.2  # stratified validation share when the dataset has no val/ split
     image_size: tuple[int, int] = (64, 64)  # input height, width
     augment: tuple[str, ...] = ()  # subset of AUGMENTATIONS, applied on the device per batch
@@ -125,6 +127,56 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
+
+
+MAX_SWEEP_MEMBERS = 200  # a sweep is a question, not a search: past this it is a mistake in the grid
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A set of runs from one base config that differ in what trains (and optionally rate and seed)."""
+
+    base: RunConfig = RunConfig()  # what every member shares; its frozen set and preset are replaced
+    kind: str = "surgical"  # depth | surgical | grid
+    seeds: int = 1  # seeds per strategy: the base seed, the next, ... (3 for a real answer)
+    lrs: tuple[float, ...] = ()  # learning rates of the head to try (empty: the base config's)
+    stages: tuple[str, ...] = ()  # stages the sweep spans: surgical tunes each, depth goes down to the first (empty: all)
+    presets: tuple[str, ...] = ()  # grid: the strategies, presets (head, last2, full, ...) or stage names
+
+    def __post_init__(self) -> None:
+        for name in ("lrs", "stages", "presets"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.base, dict):
+            object.__setattr__(self, "base", RunConfig.from_dict(self.base))
+
+    def validate(self) -> None:
+        """`ValueError` with a message for the UI when the sweep cannot be planned."""
+        self.base.validate()
+        problems = []
+        if self.kind not in SWEEP_KINDS:
+            problems.append(f"unknown sweep kind {self.kind!r}; choose one of {', '.join(SWEEP_KINDS)}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 20:
+            problems.append(f"seeds must be 1-20, got {self.seeds!r}")
+        if any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 10 for lr in self.lrs):
+            problems.append(f"learning rates must be in (0, 10], got {list(self.lrs)}")
+        if self.kind == "grid" and not self.presets:
+            problems.append("a grid sweep needs at least one preset (e.g. head, last2, full)")
+        if self.kind != "grid" and self.presets:
+            problems.append(f"presets are for grid sweeps; a {self.kind} sweep chooses its own")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def replace(self, **changes) -> SweepConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {f.name: (self.base.to_dict() if f.name == "base" else _jsonable(getattr(self, f.name)))
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SweepConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # The built-in demo story: pretrain a small backbone on demo-source, then transfer it to demo-target.

@@ -6,7 +6,10 @@ two related tasks: a large one to pretrain a backbone on and a small one with
 
 - ``demo-source``: circle, square, triangle, star, cross, ring (1000 per class);
 - ``demo-target``: pentagon, diamond, star4 (a four-pointed star), tshape
-  (80 per class: 64 to train on and 16 to validate on by default).
+  (80 per class: 64 to train on and 16 to validate on by default);
+- ``demo-shift`` and ``demo-flip``: the source's six classes under a distribution shift, 80 per
+  class (`DESCRIPTIONS`): inverted and blurred images (input level), or permuted labels (output
+  level). Which layers a shift asks to fine-tune is what a surgical sweep shows.
 
 Every image is 64x64 RGB: a light shape on a darker, noisy background with thin
 clutter lines. Colour, background, clutter, noise, area, position and
@@ -40,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 GENERATOR_VERSION = 2  # bump when the drawing changes: old folders are then regenerated
 DEMO_SEED = 0  # the demo world is fixed; the run seed only changes the train/val split
@@ -88,10 +91,34 @@ SHAPES: dict[str, list[list[tuple[float, float]]]] = {
 }
 
 # name -> (classes, standard images per class)
+SOURCE_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 WORLDS: dict[str, tuple[tuple[str, ...], int]] = {
-    "demo-source": (("circle", "square", "triangle", "star", "cross", "ring"), 1000),
+    "demo-source": (SOURCE_CLASSES, 1000),
     "demo-target": (("pentagon", "diamond", "star4", "tshape"), 80),
+    "demo-shift": (SOURCE_CLASSES, 80),  # the source's classes, inverted and blurred: an input-level shift
+    "demo-flip": (SOURCE_CLASSES, 80),  # the source's images, labels moved one class on: an output-level shift
 }
+SHIFT_BLUR = 1.2  # demo-shift: Gaussian blur radius (px at 64 px), after inverting the colours
+DESCRIPTIONS = {
+    "demo-source": "6 shapes, many images: the task the demo backbone is pretrained on.",
+    "demo-target": "4 new shapes, few images: new classes built from the source's edges and corners.",
+    "demo-shift": "The source's 6 shapes with inverted colours and a blur: the same classes and labels, but "
+                  "the low-level image statistics a network's first layers see have changed (an input-level shift).",
+    "demo-flip": "The source's 6 shapes drawn as in the source, but every folder holds the next class's shape "
+                 "(circle holds squares, ..., ring holds circles): the same images, permuted labels (an "
+                 "output-level shift, as the CIFAR-Flip of Lee et al., 2023).",
+}
+
+
+def draw_member(world: str, c: int, rng: np.random.Generator) -> Image.Image:
+    """Image of class index `c` of `world`: its own shape, except in the shifted worlds (see `DESCRIPTIONS`)."""
+    classes = WORLDS[world][0]
+    if world == "demo-flip":
+        return draw_image(rng, classes[(c + 1) % len(classes)])
+    img = draw_image(rng, classes[c])
+    if world == "demo-shift":
+        img = ImageOps.invert(img).filter(ImageFilter.GaussianBlur(SHIFT_BLUR))
+    return img
 
 # Difficulty knobs; the same distributions for every class.
 AREA_RANGE = (0.15, 0.30)  # shape area as a share of the image (long shapes shrink to fit)
@@ -202,7 +229,7 @@ def is_complete(root: Path, world: str, per_class: int) -> bool:
 
 
 def generate(world: str, root: Path, per_class: int | None = None, *, progress: Progress | None = None) -> Path:
-    """Draw `world` ("demo-source" / "demo-target") into `root` once; return `root`.
+    """Draw `world` (a name of `WORLDS`) into `root` once; return `root`.
 
     Deterministic: image i of class c is drawn from a generator seeded with
     (DEMO_SEED, world, c, i), so a given size always gives the same pixels and
@@ -223,7 +250,7 @@ def generate(world: str, root: Path, per_class: int | None = None, *, progress: 
             (tmp / name).mkdir()
             for i in range(per_class):
                 rng = np.random.default_rng([DEMO_SEED, world_id, c, i])
-                draw_image(rng, name).save(tmp / name / f"{name}_{i:05d}.png", compress_level=1)
+                draw_member(world, c, rng).save(tmp / name / f"{name}_{i:05d}.png", compress_level=1)
                 done += 1
                 if progress and (done % 200 == 0 or done == total):
                     progress(done, total, f"Drawing {world}: {done}/{total} images")

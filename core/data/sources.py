@@ -1,7 +1,7 @@
 """Dataset references and where their images come from.
 
-- ``"demo-source"`` / ``"demo-target"`` (optionally ``"demo-source:200"``, images per class): the
-  built-in demo world, drawn offline by `core.data.demo`;
+- ``"demo-source"`` / ``"demo-target"`` / ``"demo-shift"`` / ``"demo-flip"`` (optionally
+  ``"demo-source:200"``, images per class): the built-in demo world, drawn offline by `core.data.demo`;
 - a folder path (`core.data.folders`), or a ``.zip`` path extracted safely first (`core.data.zips`);
 - ``"cifar10"`` / ``"flowers102"``: torchvision datasets, downloaded into ``data_dir`` and exported
   once to a folder (offline this is a clear `DatasetError`).
@@ -23,7 +23,7 @@ from core.data.dataset import Dataset, DatasetError, Progress
 from core.data.folders import load_folder
 from core.data.zips import import_zip
 
-DEMO_DATASETS = ("demo-source", "demo-target")
+DEMO_DATASETS = tuple(WORLDS)  # demo-source, demo-target, demo-shift, demo-flip
 TORCHVISION_DATASETS = ("cifar10", "flowers102")
 
 # --- references ------------------------------------------------------------------------------------

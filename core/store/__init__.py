@@ -30,12 +30,13 @@ from core.store.runs import (
     empty_metrics,
     now_iso,
 )
+from core.store.sweeps import SweepRecord, SweepStore
 from core.store.weights import RUN_PREFIX, resolve_weights, run_state_dict
 
 __all__ = [
     "ACTIVE", "CANCELLED", "DEAD_OWNER_REASON", "FAILED", "FINISHED", "INTERRUPTED", "INTERRUPTED_REASON",
     "METRICS_FILE", "QUEUED", "RUNNING", "RUN_FILE", "RUN_PREFIX", "STATUSES", "SUMMARY_FILE", "TERMINAL",
-    "TRACEBACK_FILE", "WEIGHTS_FILE", "RunRecord", "RunStore", "StoreError", "clean_metrics", "default_name",
+    "TRACEBACK_FILE", "WEIGHTS_FILE", "RunRecord", "RunStore", "StoreError", "SweepRecord", "SweepStore", "clean_metrics", "default_name",
     "describe_process", "empty_metrics", "now_iso", "process_alive", "resolve_weights", "run_state_dict",
     "this_process",
 ]

@@ -40,7 +40,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,7 +198,7 @@ class RunStore:
         return run_id
 
     def exists(self, run_id: str) -> bool:
-        return _valid_id(run_id) and (self.root / run_id / RUN_FILE).is_file()
+        return valid_id(run_id) and (self.root / run_id / RUN_FILE).is_file()
 
     def load(self, run_id: str) -> RunRecord:
         """The run `run_id`; KeyError if there is no such (readable) run."""
@@ -227,7 +227,7 @@ class RunStore:
         for path in self.root.iterdir():
             if path.name.startswith(".") or not path.is_dir():
                 continue
-            if not _valid_id(path.name):
+            if not valid_id(path.name):
                 damaged.append((path.name, "its name is not a run id"))
                 continue
             if not (path / RUN_FILE).is_file():
@@ -362,7 +362,7 @@ class RunStore:
 
     # --- internals -------------------------------------------------------------------
     def _dir(self, run_id: str) -> Path:
-        if not _valid_id(run_id):
+        if not valid_id(run_id):
             raise KeyError(run_id)
         path = self.root / run_id
         if not (path / RUN_FILE).is_file():
@@ -379,18 +379,24 @@ class RunStore:
             _write_json(path / RUN_FILE, meta)
 
     def _new_id(self) -> str:
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        while True:
-            run_id = f"{stamp}-{secrets.token_hex(2)}"
-            if not (self.root / run_id).exists():
-                return run_id
+        return new_id(lambda candidate: (self.root / candidate).exists())
 
 
 # --- helpers ----------------------------------------------------------------------
 
 
-def _valid_id(run_id) -> bool:
+def valid_id(run_id) -> bool:
+    """Whether `run_id` looks like an id this store makes (anything else is an unknown id, never a path)."""
     return isinstance(run_id, str) and bool(_RUN_ID.match(run_id))
+
+
+def new_id(taken: Callable[[str], bool]) -> str:
+    """A fresh id: UTC time of creation plus 16 random bits, one that `taken` does not refuse."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    while True:
+        candidate = f"{stamp}-{secrets.token_hex(2)}"
+        if not taken(candidate):
+            return candidate
 
 
 def _clean_name(name: str) -> str:

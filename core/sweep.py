@@ -1,0 +1,106 @@
+"""Sweeps from the command line: a set of runs that differ in what trains, and the answer.
+
+    python -m core.sweep --kind surgical --arch resnet18 --dataset demo-target \\
+        --weights run:<id of a backbone> --image-size 64 --epochs 10 --seeds 3 --json
+
+The base run is given by `RunConfig`'s fields as in ``python -m core.train`` (its frozen set comes
+from each member), the sweep by `SweepConfig`'s (``--kind``, ``--seeds``, ``--lrs 0.01,0.001``,
+``--stages``, ``--presets head,last2,full``); both generated (`core.cli`). Every member is checked
+before any run is created; members then train one after another in this process, through the same
+`core.jobs.execute` as the app's queue, into the run store (``--runs-dir``). Progress goes to
+stderr; with ``--json`` stdout carries only the sweep's JSON: ``{"sweep_id", "kind", "members",
+"summary", "recommendation", "pareto_front"}``. Ctrl-C cancels the member in training and those
+not started, and still prints the JSON. Exit status: 0 when every member finished, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from core.cli import add_config_arguments, config_fields
+from core.config import RunConfig, SweepConfig
+from core.devices import describe_device, parse_device, pick_device
+
+RUN_DERIVED = ("num_classes", "frozen", "preset")  # from the dataset, and from each member
+SWEEP_DERIVED = ("base",)  # the RunConfig options above
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core.sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(p, SweepConfig, derived=SWEEP_DERIVED)
+    add_config_arguments(p, RunConfig, derived=RUN_DERIVED)
+    run = p.add_argument_group("the sweep's runs")
+    run.add_argument("--device", default=None, help="cpu | cuda | cuda:<index> | mps (default: the best available)")
+    run.add_argument("--runs-dir", type=Path, default=None, help="run store folder (default $FREEZE_LAB_RUNS_DIR or ./runs)")
+    run.add_argument("--name", default=None, help="display name of the sweep")
+    run.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
+    return p
+
+
+def make_sweep(args: argparse.Namespace) -> SweepConfig:
+    """The `SweepConfig` the arguments stand for; the class count is read from the dataset."""
+    from core.data import load_dataset
+
+    dataset = load_dataset(args.dataset, val_fraction=args.val_fraction, seed=args.seed)
+    base = RunConfig(**config_fields(args, RunConfig, derived=RUN_DERIVED), num_classes=len(dataset.classes))
+    sweep = SweepConfig(base=base, **config_fields(args, SweepConfig, derived=SWEEP_DERIVED))
+    sweep.validate()
+    return sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from core.jobs import execute
+    from core.store import CANCELLED, FINISHED, QUEUED, RunStore, SweepStore
+    from core.sweeps import checked_members, default_sweep_name, member_name, record_sweep, sweep_report
+
+    store = RunStore(args.runs_dir)
+    try:
+        device = parse_device(args.device) if args.device else pick_device()
+        sweep = make_sweep(args)
+        members = checked_members(sweep, store)
+        name = " ".join((args.name or "").split()) or default_sweep_name(sweep)
+        created = [(m, c, store.create(c, name=member_name(name, m), owner="cli")) for m, c in members]
+        sweep_id = record_sweep(store, sweep, created, name=name, owner="cli")
+    except (ValueError, RuntimeError) as exc:  # a bad sweep, dataset, checkpoint, device or runs folder
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {reason}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"sweep_id": None, "status": "failed", "reason": reason}, indent=2))
+        return 1
+
+    print(f"sweep {sweep_id}: {len(created)} runs in {store.root} on {describe_device(device)}", file=sys.stderr)
+    try:
+        for i, (member, _, run_id) in enumerate(created, 1):
+            print(f"[{i}/{len(created)}] {member.label} · seed {member.seed} (run {run_id})", file=sys.stderr, flush=True)
+            outcome = execute(store, run_id, device=device)
+            print(f"[{i}/{len(created)}] {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""),
+                  file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # the member in training is recorded as cancelled by execute; the rest never start
+        for _, _, run_id in created:
+            if store.load(run_id).status == QUEUED:
+                store.set_status(run_id, CANCELLED, "the sweep was stopped from the keyboard")
+    record = SweepStore(store).load(sweep_id)
+    report = sweep_report(record, {run_id: store.load(run_id) for run_id in record.run_ids})
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else describe(report))
+    return 0 if all(m.status == FINISHED for m in report.members) else 1
+
+
+def describe(report) -> str:
+    """The summary table and the recommendation, for a terminal."""
+    lines = [f"sweep {report.sweep.id} ({report.sweep.config.kind}):"]
+    for row in report.rows:
+        error = f" ± {row.sem_acc:.3f}" if row.sem_acc is not None else ""
+        lines.append(f"  {row.label:<14} acc {row.mean_acc:.3f}{error} (n={row.n})  {row.trainable_params:>12,} "
+                     f"trainable  {row.mean_train_s:7.1f} s")
+    rec = report.recommendation
+    lines.append(f"best: {rec['best']}; cheapest within one standard error: {rec['cheapest_within_error']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

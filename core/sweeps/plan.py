@@ -1,0 +1,82 @@
+"""Sweep kinds -> member `RunConfig`s: what trains in each member, at which rate, with which seed.
+
+- **depth** (Yosinski et al., 2014): the head only, then the last 1, 2, ... stages with the head,
+  then full fine-tuning (labels ``head``, ``last1`` ..., ``full``);
+- **surgical** (Lee et al., ICLR 2023): exactly one stage with the new head, for each stage, plus
+  the head only and full fine-tuning (labels: the Model page's stage names, ``head``, ``full``);
+- **grid**: any presets (``head``, ``classifier``, ``last2``, ``full``, ...) or single stages.
+
+Every strategy runs once per learning rate and seed. Members are listed in forward order (what
+trains moves from the output towards the input for depth, from the input to the output for
+surgical), then by rate and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from core.config import MAX_SWEEP_MEMBERS, RunConfig, SweepConfig
+from core.freezing import frozen_complement, preset_frozen
+from core.models import arch_spec, build_skeleton, stages
+
+
+@dataclass(frozen=True)
+class Strategy:
+    label: str  # what trains: "head", "last2", "layer1", "full", a preset name
+    preset: str  # RunConfig.preset of the members: the preset, or the stage's name
+    frozen: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Member:
+    label: str  # the strategy's label, with the rate when the sweep tries several ("head @ 0.01")
+    strategy: Strategy
+    lr: float
+    seed: int
+
+
+def strategies(sweep: SweepConfig, model: nn.Module | None = None) -> list[Strategy]:
+    """The sweep's strategies, in forward order; `ValueError` naming what is wrong for a bad sweep."""
+    base = sweep.base
+    model = model if model is not None else build_skeleton(base.arch, base.num_classes)
+    trunk = stages(model, base.arch)
+    names = [s.name for s in trunk]
+    if unknown := [s for s in sweep.stages if s not in names]:
+        raise ValueError(f"{arch_spec(base.arch).label} has no stage {unknown[0]!r}; its stages are {', '.join(names)}.")
+    chosen = [s for s in trunk if not sweep.stages or s.name in sweep.stages]
+
+    def preset(name: str) -> Strategy:
+        return Strategy(name, name, preset_frozen(model, base.arch, name))
+
+    def one_stage(stage) -> Strategy:
+        return Strategy(stage.name, stage.name, frozen_complement(model, [*stage.paths, arch_spec(base.arch).head]))
+
+    if sweep.kind == "depth":
+        deepest = len(trunk) - min(names.index(s.name) for s in chosen)  # the most stages a member trains
+        lasts = [preset(f"last{k}") for k in range(1, deepest + 1) if k < len(trunk)]
+        return [preset("head"), *lasts, preset("full")]
+    if sweep.kind == "surgical":
+        return [preset("head"), *(one_stage(s) for s in chosen), preset("full")]
+    by_stage = {s.name: s for s in trunk}
+    return [one_stage(by_stage[p]) if p in by_stage else preset(p) for p in sweep.presets]
+
+
+def plan(sweep: SweepConfig, model: nn.Module | None = None) -> list[Member]:
+    """Every member of the sweep: each strategy at each rate with each seed (see the module docstring)."""
+    sweep.validate()
+    rates = sweep.lrs or (sweep.base.lr,)
+    seeds = [sweep.base.seed + i for i in range(sweep.seeds)]
+    members = [Member(f"{s.label} @ {lr:g}" if len(rates) > 1 else s.label, s, lr, seed)
+               for s in strategies(sweep, model) for lr in rates for seed in seeds]
+    if len(members) > MAX_SWEEP_MEMBERS:
+        raise ValueError(f"This sweep would train {len(members)} runs; the limit is {MAX_SWEEP_MEMBERS}. "
+                         "Use fewer stages, rates or seeds.")
+    return members
+
+
+def member_config(sweep: SweepConfig, member: Member) -> RunConfig:
+    """The `RunConfig` a member trains."""
+    return sweep.base.replace(frozen=member.strategy.frozen, preset=member.strategy.preset, lr=member.lr,
+                              seed=member.seed)

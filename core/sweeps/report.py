@@ -1,0 +1,74 @@
+"""A sweep's state and answer, read from its member runs: the members table, the summary, the
+recommendation. The command line prints it as JSON; the Sweep page draws it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.store import ACTIVE, FINISHED, RunRecord
+from core.store.sweeps import SweepRecord
+from core.sweeps.stats import Result, Row, pareto_front, recommend, summarize
+
+
+@dataclass(frozen=True)
+class MemberState:
+    label: str
+    preset: str
+    frozen: list[str]
+    lr: float
+    seed: int
+    run_id: str
+    status: str
+    val_acc: float | None  # the last epoch's (so far, while it trains)
+    best_val_acc: float | None
+    epochs_done: int
+    trainable_params: int | None
+    train_s: float | None  # seconds inside the epoch loop, once finished
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("label", "preset", "frozen", "lr", "seed", "run_id", "status",
+                                              "val_acc", "best_val_acc", "trainable_params", "train_s")}
+
+
+def member_state(entry: dict, record: RunRecord | None) -> MemberState:
+    """One member as its run stands (a member whose run folder is gone reads as "missing")."""
+    epochs = record.metrics["epochs"] if record is not None else []
+    summary = record.summary if record is not None else None
+    timings = (summary.timings or {}) if summary is not None else {}
+    train_s = timings.get("epochs_s", 0.0) + timings.get("features_s", 0.0) if timings else None
+    accs = [e["val_acc"] for e in epochs if isinstance(e.get("val_acc"), (int, float))]
+    return MemberState(
+        entry["label"], entry["preset"], list(entry["frozen"]), entry["lr"], entry["seed"], entry["run_id"],
+        record.status if record is not None else "missing", accs[-1] if accs else None, max(accs) if accs else None,
+        len(epochs), summary.trainable_params if summary is not None else None, train_s,
+    )
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    sweep: SweepRecord
+    members: list[MemberState]
+    rows: list[Row]
+    recommendation: dict
+    front: list[str]  # Pareto front of accuracy against training time, cheapest first
+
+    @property
+    def done(self) -> bool:
+        return all(m.status not in ACTIVE for m in self.members)
+
+    def to_dict(self) -> dict:
+        return {"sweep_id": self.sweep.id, "kind": self.sweep.config.kind,
+                "members": [m.to_dict() for m in self.members], "summary": [r.to_dict() for r in self.rows],
+                "recommendation": {"best": self.recommendation["best"],
+                                   "cheapest_within_error": self.recommendation["cheapest_within_error"],
+                                   "fewest_params_within_error": self.recommendation["fewest_params_within_error"]},
+                "pareto_front": self.front}
+
+
+def sweep_report(sweep: SweepRecord, runs: dict[str, RunRecord | None]) -> SweepReport:
+    """The report of `sweep` from its member runs (`runs`: run id -> record, None when missing)."""
+    members = [member_state(entry, runs.get(entry["run_id"])) for entry in sweep.members]
+    results = [Result(m.label, m.val_acc, m.trainable_params, m.train_s) for m in members
+               if m.status == FINISHED and m.val_acc is not None and m.train_s is not None]
+    rows = summarize(results, [m.label for m in members])
+    return SweepReport(sweep, members, rows, recommend(rows), pareto_front(rows))

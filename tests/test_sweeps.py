@@ -1,0 +1,275 @@
+"""Sweeps: member configs per kind (exact frozen sets), statistics, the recommendation, the record on
+disk, the queue (stop, restart) and the command line's JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import ImageFilter, ImageOps
+
+from core.config import MAX_SWEEP_MEMBERS, RunConfig, SweepConfig
+from core.data import demo
+from core.engine import RunCancelled, TrainResult
+from core.jobs import JobManager
+from core.store import CANCELLED, FINISHED, INTERRUPTED, RunStore, SweepStore
+from core.summary import RunSummary
+from core.sweep import main as sweep_main
+from core.sweeps import (
+    Row,
+    pareto_front,
+    plan,
+    recommend,
+    sem,
+    stop_sweep,
+    submit_sweep,
+    summarize,
+    sweep_state,
+    within_error,
+)
+from core.sweeps.stats import Result
+
+TIMEOUT = 60
+BASE = RunConfig(arch="resnet18", num_classes=4, dataset="demo-target:10", image_size=(32, 32), epochs=1, batch_size=8)
+TRUNK = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+
+
+# --- plans ------------------------------------------------------------------------------------
+
+
+def frozen_sets(kind: str, **changes) -> dict[str, tuple[str, ...]]:
+    return {m.label: m.strategy.frozen for m in plan(SweepConfig(base=BASE, kind=kind, **changes))}
+
+
+def test_a_depth_sweep_trains_the_head_then_ever_more_stages_from_the_end():
+    assert frozen_sets("depth") == {
+        "head": TRUNK,
+        "last1": ("conv1", "bn1", "layer1", "layer2", "layer3"),
+        "last2": ("conv1", "bn1", "layer1", "layer2"),
+        "last3": ("conv1", "bn1", "layer1"),
+        "last4": ("conv1", "bn1"),
+        "full": (),
+    }
+    assert list(frozen_sets("depth", stages=("layer3", "layer4"))) == ["head", "last1", "last2", "full"]
+
+
+def test_a_surgical_sweep_trains_exactly_one_stage_with_the_head():
+    sets = frozen_sets("surgical")
+    assert list(sets) == ["head", "stem", "layer1", "layer2", "layer3", "layer4", "full"]  # forward order
+    assert sets["stem"] == ("layer1", "layer2", "layer3", "layer4")
+    assert sets["layer2"] == ("conv1", "bn1", "layer1", "layer3", "layer4")
+    model_labels = list(frozen_sets("surgical", stages=("stem", "layer4")))
+    assert model_labels == ["head", "stem", "layer4", "full"]
+
+
+def test_a_grid_crosses_strategies_rates_and_seeds_in_order():
+    members = plan(SweepConfig(base=BASE, kind="grid", presets=("head", "layer2", "full"), lrs=(0.01, 0.001), seeds=2))
+    assert [(m.label, m.lr, m.seed) for m in members[:4]] == [
+        ("head @ 0.01", 0.01, 0), ("head @ 0.01", 0.01, 1), ("head @ 0.001", 0.001, 0), ("head @ 0.001", 0.001, 1)]
+    assert len(members) == 12 and members[4].strategy.frozen == ("conv1", "bn1", "layer1", "layer3", "layer4")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"kind": "surgical", "stages": ("layer9",)}, "has no stage 'layer9'"),
+    ({"kind": "grid"}, "needs at least one preset"),
+    ({"kind": "depth", "presets": ("head",)}, "presets are for grid sweeps"),
+    ({"kind": "zigzag"}, "unknown sweep kind"),
+    ({"kind": "surgical", "seeds": 0}, "seeds must be 1-20"),
+    ({"kind": "surgical", "lrs": (0.0,)}, "learning rates must be in (0, 10]"),
+    ({"kind": "grid", "presets": ("full",), "lrs": tuple(0.001 * (i + 1) for i in range(11)), "seeds": 20},
+     f"the limit is {MAX_SWEEP_MEMBERS}"),
+])
+def test_a_sweep_that_cannot_be_planned_says_why(changes, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        plan(SweepConfig(base=BASE, **changes))
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+
+def test_mean_and_standard_error_against_a_hand_computation():
+    accs = [0.5, 0.7, 0.9]
+    assert sem(accs) == pytest.approx(math.sqrt(((0.2**2) * 2) / 2) / math.sqrt(3))  # sample sd 0.2, n 3
+    assert sem([0.5]) is None
+    results = [Result("head", a, 10, 1.0) for a in accs] + [Result("full", 0.8, 100, 3.0)]
+    rows = summarize(results, ["head", "full", "head"])
+    assert [r.label for r in rows] == ["head", "full"]
+    assert rows[0].mean_acc == pytest.approx(0.7) and rows[0].n == 3 and rows[1].sem_acc is None
+    assert rows[0].sem_acc == pytest.approx(statistics.stdev(accs) / math.sqrt(3))
+
+
+def row(label, mean, err, params, seconds):
+    return Row(label, 3, mean, err, params, seconds)
+
+
+def test_within_error_means_the_means_differ_by_no_more_than_the_larger_error():
+    assert within_error(row("a", 0.80, 0.02, 1, 1), row("b", 0.83, 0.03, 1, 1))
+    assert not within_error(row("a", 0.80, 0.02, 1, 1), row("b", 0.84, 0.03, 1, 1))
+    assert not within_error(row("a", 0.80, None, 1, 1), row("b", 0.80, None, 1, 1))  # no error to compare with
+
+
+def test_the_recommendation_is_the_best_and_the_cheapest_within_one_standard_error():
+    rows = [row("head", 0.78, 0.01, 10, 1.0), row("layer4", 0.86, 0.02, 500, 4.0), row("layer1", 0.85, 0.02, 80, 2.0),
+            row("full", 0.87, 0.02, 1000, 9.0)]
+    assert recommend(rows) == {"best": "full", "cheapest_within_error": "layer1", "fewest_params_within_error": "layer1"}
+    assert recommend([]) == {"best": None, "cheapest_within_error": None, "fewest_params_within_error": None}
+    assert pareto_front(rows) == ["head", "layer1", "layer4", "full"]
+    assert pareto_front(rows + [row("slow", 0.80, 0.0, 5, 20.0)]) == ["head", "layer1", "layer4", "full"]
+
+
+# --- the demo world's shifts ----------------------------------------------------------------------
+
+
+def test_the_shifted_demo_worlds_are_the_source_shapes_shifted_as_described():
+    rng = lambda: np.random.default_rng(7)  # noqa: E731
+    square = np.asarray(demo.draw_image(rng(), "square"))
+    assert np.array_equal(np.asarray(demo.draw_member("demo-flip", demo.SOURCE_CLASSES.index("circle"), rng())), square)
+    shifted = demo.draw_image(rng(), "square")
+    expected = ImageOps.invert(shifted).filter(ImageFilter.GaussianBlur(demo.SHIFT_BLUR))
+    got = demo.draw_member("demo-shift", demo.SOURCE_CLASSES.index("square"), rng())
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+    assert demo.WORLDS["demo-shift"][0] == demo.WORLDS["demo-flip"][0] == demo.WORLDS["demo-source"][0]
+
+
+# --- the queue and the record -----------------------------------------------------------------------
+
+
+class Engine:
+    """A stand-in for `core.engine.train`: one epoch, its accuracy from the member's frozen set; `gate`
+    holds every run after the first `free` ones at its first batch until set (checking `should_stop`)."""
+
+    def __init__(self, gate: threading.Event | None = None, free: int = 0):
+        self.gate, self.free, self.started = gate, free, threading.Semaphore(0)
+
+    def __call__(self, config, monitor, *, device, runs_dir):
+        monitor.on_start({"total_steps": 1, "epochs": 1, "classes": ["a", "b"]})
+        self.started.release()
+        self.free -= 1
+        while self.gate is not None and self.free < 0 and not self.gate.wait(0.005):
+            if monitor.should_stop():
+                raise RunCancelled()
+        acc = 0.5 + len(config.frozen) / 100
+        monitor.on_step(1, 1, 1.0)
+        monitor.on_epoch({"epoch": 1, "val_acc": acc, "train_acc": acc})
+        summary = RunSummary(val_acc=acc, trainable_params=100 - len(config.frozen), timings={"epochs_s": 1.0})
+        return TrainResult(summary=summary, state_dict={"fc.weight": torch.ones(1)})
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "runs")
+
+
+def wait_done(manager, record):
+    for run_id in record.run_ids:
+        manager.wait(run_id, TIMEOUT)
+
+
+def test_a_sweep_queues_its_members_and_answers_from_them(store):
+    manager = JobManager(store, train_fn=Engine(), device=torch.device("cpu"))
+    try:
+        sweep = SweepConfig(base=BASE, kind="surgical", stages=("layer4",), seeds=2)
+        sweep_id = submit_sweep(manager, sweep, owner="alice", name="my   sweep")
+        record = SweepStore(store).load(sweep_id)
+        assert record.name == "my sweep" and record.owner == "alice" and record.config == sweep
+        assert [m["label"] for m in record.members] == ["head", "head", "layer4", "layer4", "full", "full"]
+        wait_done(manager, record)
+        report = sweep_state(manager, record)
+        assert report.done and all(m.status == FINISHED for m in report.members)
+        assert [r.label for r in report.rows] == ["head", "layer4", "full"]
+        assert report.rows[0].mean_acc == pytest.approx(0.56) and report.rows[0].sem_acc == 0.0
+        assert report.recommendation["best"] == "head"
+        assert store.load(record.run_ids[0]).name == "my sweep · head · seed 0"
+        assert [r.id for r in SweepStore(store).list()] == [sweep_id]
+    finally:
+        manager.shutdown(wait=True, timeout=TIMEOUT)
+
+
+def test_a_sweep_that_cannot_run_queues_nothing(store):
+    manager = JobManager(store, train_fn=Engine(), device=torch.device("cpu"))
+    try:
+        with pytest.raises(ValueError, match="no run 'nope'"):
+            submit_sweep(manager, SweepConfig(base=BASE.replace(weights="run:nope"), kind="depth"))
+        assert store.list() == [] and SweepStore(store).list() == []
+    finally:
+        manager.shutdown(wait=True, timeout=TIMEOUT)
+
+
+def test_stopping_a_sweep_cancels_the_running_member_and_the_queued_ones(store):
+    gate = threading.Event()
+    manager = JobManager(store, train_fn=Engine(gate), device=torch.device("cpu"))
+    try:
+        record = SweepStore(store).load(submit_sweep(manager, SweepConfig(base=BASE, kind="depth", stages=("layer4",))))
+        assert stop_sweep(manager, record) == 3
+        wait_done(manager, record)
+        assert {m.status for m in sweep_state(manager, record).members} == {CANCELLED}
+    finally:
+        gate.set()
+        manager.shutdown(wait=True, timeout=TIMEOUT)
+
+
+def test_after_a_restart_members_in_flight_are_interrupted_and_the_sweep_shows_what_finished(store):
+    gate = threading.Event()
+    engine = Engine(gate, free=1)  # the first member finishes, the second hangs in training
+    manager = JobManager(store, train_fn=engine, device=torch.device("cpu"))
+    try:
+        record = SweepStore(store).load(submit_sweep(manager, SweepConfig(base=BASE, kind="depth", stages=("layer4",))))
+        manager.wait(record.run_ids[0], TIMEOUT)
+        assert engine.started.acquire(timeout=TIMEOUT) and engine.started.acquire(timeout=TIMEOUT)
+        store.mark_interrupted()  # what the app does when it starts again after a crash
+        report = sweep_state(manager, SweepStore(store).load(record.id))
+        assert [m.status for m in report.members] == [FINISHED, INTERRUPTED, INTERRUPTED]
+        assert [r.label for r in report.rows] == ["head"] and report.done
+    finally:
+        gate.set()
+        manager.shutdown(wait=True, timeout=TIMEOUT)
+
+
+def test_a_damaged_sweep_record_is_skipped(store):
+    sweeps = SweepStore(store)
+    sweeps.root.mkdir(parents=True)
+    (sweeps.root / "20260101-000000-abcd.json").write_text("{not json")
+    assert sweeps.list() == []
+    with pytest.raises(KeyError):
+        sweeps.load("../../etc/passwd")
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+
+def test_the_command_line_prints_the_sweeps_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("FREEZE_LAB_FAULT", raising=False)
+    args = ["--kind", "surgical", "--stages", "layer4", "--arch", "resnet18", "--dataset", "demo-target:10",
+            "--weights", "none", "--image-size", "32", "--epochs", "1", "--seeds", "1", "--lrs", "0.01,0.02",
+            "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--json"]
+    assert sweep_main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"sweep_id", "kind", "members", "summary", "recommendation", "pareto_front"}
+    assert [m["label"] for m in out["members"]] == [f"{s} @ {lr}" for s in ("head", "layer4", "full")
+                                                    for lr in ("0.01", "0.02")]
+    member = out["members"][2]
+    assert member["frozen"] == ["conv1", "bn1", "layer1", "layer2", "layer3"] and member["lr"] == 0.01
+    assert member["status"] == FINISHED and 0 <= member["val_acc"] <= 1 and member["train_s"] > 0
+    assert set(out["members"][0]) == {"label", "preset", "frozen", "lr", "seed", "run_id", "status", "val_acc",
+                                      "best_val_acc", "trainable_params", "train_s"}
+    assert [r["label"] for r in out["summary"]] == [m["label"] for m in out["members"]]
+    assert out["recommendation"]["best"] in {r["label"] for r in out["summary"]}
+    runs = RunStore(tmp_path / "runs")
+    assert {r.id for r in runs.list()} == {m["run_id"] for m in out["members"]}
+
+
+def test_the_command_line_refuses_a_bad_sweep_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+    args = ["--kind", "surgical", "--stages", "layer9", "--dataset", "demo-target:10", "--runs-dir",
+            str(tmp_path / "runs"), "--json"]
+    assert sweep_main(args) == 1
+    assert "no stage 'layer9'" in json.loads(capsys.readouterr().out)["reason"]
+    assert sweep_main(["--lrs", "0.01,abc", "--runs-dir", str(tmp_path / "runs")]) == 1
+    assert "'abc' is not a number" in capsys.readouterr().err
+    assert RunStore(tmp_path / "runs").list() == []
