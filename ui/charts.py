@@ -177,3 +177,20 @@ def difference_figure(table, title: str) -> go.Figure:
         fig.add_bar(x=table["class"], y=diff, marker_color=["#2E9E5B" if d >= 0 else "#D8452E" for d in diff],
                     text=[f"{d:+.0%}" for d in diff], textposition="auto")
     return _layout(fig, title, yaxis=dict(tickformat="+.0%", zeroline=True), showlegend=False)
+
+
+def sweep_figure(rows: list[dict], title: str) -> go.Figure:
+    """Mean validation accuracy per strategy with its standard error, in the sweep's forward order;
+    trainable parameters and training time in the hover. Full fine-tuning is also a dashed line."""
+    fig = go.Figure()
+    if rows:
+        fig.add_bar(x=[r["label"] for r in rows], y=[r["mean_acc"] for r in rows], marker_color="#2E6FD8",
+                    error_y=dict(type="data", array=[r["sem_acc"] or 0 for r in rows], visible=True),
+                    customdata=[[r["n"], r["trainable_params"], r["mean_train_s"]] for r in rows],
+                    hovertemplate="%{x}: %{y:.1%} (n=%{customdata[0]})<br>%{customdata[1]:,} trainable"
+                                  "<br>%{customdata[2]:.1f} s training<extra></extra>")
+        if full := next((r for r in rows if r["label"] == "full"), None):
+            fig.add_hline(y=full["mean_acc"], line_dash="dash", line_color="#888", annotation_text="full fine-tune")
+    _layout(fig, title, showlegend=False, yaxis=dict(range=[0, 1], tickformat=".0%", title="validation accuracy"),
+            xaxis_title="what trains")
+    return fig

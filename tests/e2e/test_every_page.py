@@ -5,7 +5,8 @@ from playwright.sync_api import expect
 
 from tests.e2e.conftest import wait_idle
 
-PAGES = [("model", "Model"), ("data", "Data"), ("train", "Train"), ("classify", "Classify"), ("compare", "Compare")]
+PAGES = [("model", "Model"), ("data", "Data"), ("train", "Train"), ("classify", "Classify"), ("compare", "Compare"),
+         ("sweep", "Sweep")]
 
 
 def test_a_page_url_on_a_fresh_server_gets_the_whole_app(app_server, page):
