@@ -16,6 +16,7 @@ import inspect
 import io
 import re
 import tokenize
+from pathlib import Path
 from typing import Any
 
 from core.config import CHOICES
@@ -47,7 +48,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, derived:
         if f.name in derived:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"default": f.default, "help": helps.get(f.name, "")}
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        kwargs: dict[str, Any] = {"default": f.default, "help": f"{helps.get(f.name, '')} (default: {shown or 'none'})"}
         kind = str(f.type)
         if f.name == "image_size":
             kwargs |= {"type": image_size, "metavar": "S|HxW"}
@@ -84,3 +86,13 @@ def _item(text: str, kind: str, name: str):
         return cast(text.strip())
     except ValueError:
         raise ValueError(f"--{name.replace('_', '-')}: {text.strip()!r} is not a number") from None
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """Where a command line's runs train and go, and how it answers: --device, --runs-dir, --name, --json."""
+    group = parser.add_argument_group(f"the {what}")
+    group.add_argument("--device", default=None, help="cpu | cuda | cuda:<index> | mps (default: the best available)")
+    group.add_argument("--runs-dir", type=Path, default=None,
+                       help="run store folder (default $FREEZE_LAB_RUNS_DIR or ./runs)")
+    group.add_argument("--name", default=None, help=f"display name of the {what}")
+    group.add_argument("--json", action="store_true", help="print only the JSON result on stdout")

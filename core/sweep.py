@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from core.cli import add_config_arguments, config_fields
+from core.cli import add_config_arguments, add_run_options, config_fields
 from core.config import RunConfig, SweepConfig
 from core.devices import describe_device, parse_device, pick_device
 
@@ -29,15 +28,10 @@ SWEEP_DERIVED = ("base",)  # the RunConfig options above
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core.sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m core.sweep", description=__doc__.split("\n\n")[0])
     add_config_arguments(p, SweepConfig, derived=SWEEP_DERIVED)
     add_config_arguments(p, RunConfig, derived=RUN_DERIVED)
-    run = p.add_argument_group("the sweep's runs")
-    run.add_argument("--device", default=None, help="cpu | cuda | cuda:<index> | mps (default: the best available)")
-    run.add_argument("--runs-dir", type=Path, default=None, help="run store folder (default $FREEZE_LAB_RUNS_DIR or ./runs)")
-    run.add_argument("--name", default=None, help="display name of the sweep")
-    run.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
+    add_run_options(p, what="sweep")
     return p
 
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.cli import add_config_arguments, config_fields
+from core.cli import add_config_arguments, add_run_options, config_fields
 from core.config import RunConfig
 from core.devices import describe_device, parse_device, pick_device
 
@@ -43,14 +42,9 @@ DERIVED = ("num_classes", "frozen")  # from the dataset's classes, and from --pr
 
 def parser() -> argparse.ArgumentParser:
     """`RunConfig`'s fields as options (`core.cli`), and what a command-line run adds."""
-    p = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.split("\n\n")[0])
     add_config_arguments(p, RunConfig, derived=DERIVED)
-    run = p.add_argument_group("the run")
-    run.add_argument("--device", default=None, help="cpu | cuda | cuda:<index> | mps (default: the best available)")
-    run.add_argument("--runs-dir", type=Path, default=None, help="run store folder (default $FREEZE_LAB_RUNS_DIR or ./runs)")
-    run.add_argument("--name", default=None, help="display name of the run")
-    run.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
+    add_run_options(p, what="run")
     return p
 
 

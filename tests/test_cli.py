@@ -124,5 +124,5 @@ def test_every_config_field_is_an_option_with_the_configs_default_and_comment():
             continue
         default = getattr(defaults, f.name)
         assert (tuple(default) if isinstance(default, list) else default) == f.default, f.name
-        assert options[f.name].help == comments[f.name] and comments[f.name], f.name
+        assert options[f.name].help.startswith(comments[f.name]) and comments[f.name], f.name
     assert p.parse_args(["--image-size", "448x224", "--no-feature-cache", "--augment", "flip", "crop"]).image_size == (448, 224)

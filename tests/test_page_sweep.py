@@ -7,6 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 from core.store import FINISHED, SweepStore
+from tests.test_page_train import _isolated  # noqa: F401  (an autouse fixture: this test's runs and data)
 from tests.test_training import draw_folder
 from ui.services import get_manager
 
@@ -17,17 +18,6 @@ TIMEOUT = 120
 @pytest.fixture
 def folder(tmp_path_factory):
     return draw_folder(tmp_path_factory.mktemp("shapes"), per_class=8)
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("FREEZE_LAB_FAULT", raising=False)
-    get_manager.clear()
-    yield
-    get_manager().shutdown(wait=True, timeout=30)
-    get_manager.clear()
 
 
 def page_with(draft: RunConfig) -> AppTest:
