@@ -12,7 +12,8 @@
 #   memory.md     bench/memory_check.py --steps: the step estimate against live bytes and the allocator's peak
 #   compile.md    bench/compile_cost.py: torch.compile's compile time against its per-step saving
 #   cuda_tests.log the suite's CUDA tests
-# Sweeps (a depth sweep of VGG-19, and the same through a local Ray instance) join once they exist.
+#   sweep.json    python -m core.sweep: a depth sweep of ResNet-18 on demo-target (the queue's members
+#                 one after another on the GPU; a Ray variant joins with the cluster issue)
 #
 # The GPU machine has PyTorch but may lack the rest and has no network: wheels carried in .whl/
 # (see the device tool's notes) are installed first when the imports fail.
@@ -54,10 +55,14 @@ if [ "$quick" = "--quick" ]; then
     step memory 300 "$out/memory.md" python bench/memory_check.py --steps --device cpu --batch-size 2
     step compile 600 "$out/compile.md" python bench/compile_cost.py --device cpu --presets head --steps 1 --size 32
     step cuda_tests 300 "$out/cuda_tests.log" python -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_memory.py -k cuda
+    step sweep 300 "$out/sweep.json" python -m core.sweep --kind depth --stages layer4 --arch resnet18 --dataset demo-target:10 \
+        --weights none --image-size 32 --epochs 1 --device cpu --runs-dir "$out/runs" --json
 else
     step speed 300 "$out/speed.log" python bench/speed.py --archs vgg19 resnet50 --out "$out/speed.md"
     step memory 60 "$out/memory.md" python bench/memory_check.py --steps --device cuda --batch-size 64
     step compile 110 "$out/compile.md" python bench/compile_cost.py --device cuda --arch resnet50 --size 224 --batch-size 64
     step cuda_tests 50 "$out/cuda_tests.log" python -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_memory.py -k cuda
+    step sweep 40 "$out/sweep.json" python -m core.sweep --kind depth --arch resnet18 --dataset demo-target \
+        --weights none --image-size 64 --epochs 3 --device cuda --runs-dir "$out/runs" --json
 fi
 echo "tables in $out"; cat "$summary"
