@@ -44,6 +44,7 @@ def test_pretrain_shortcut_then_the_model_page_keeps_the_backbone(fresh_server, 
     expect(page.get_by_role("heading", name="Train", exact=True)).to_be_visible()
     notice = page.get_by_test_id("stAlert").filter(has_text="Queued the demo backbone")
     expect(notice).to_contain_text("this changed:")
+    expect(page).to_have_url(re.compile(r"[?&]run=\d{8}-\d{6}-[0-9a-f]{4}"))  # the URL follows the page a moment later
     backbone = url_run_id(page)
     assert backbone and RunStore(fresh_server.runs_dir).load(backbone).name.startswith("demo backbone")
     expect(header_note(page, "Model")).to_contain_text(f"weights of run …{backbone[-4:]}")
