@@ -44,7 +44,8 @@ def parse_rates(text: str) -> tuple[float, ...]:
 
 def sweep_form() -> None:
     """Kind, stages, seeds and rates; the number of runs and a time estimate; Start."""
-    trunk = [s.name for s in stages(build_skeleton(cfg.arch, cfg.num_classes), cfg.arch)]
+    model = build_skeleton(cfg.arch, cfg.num_classes)
+    trunk = [s.name for s in stages(model, cfg.arch)]
     st.markdown(f"From your draft: **{arch_spec(cfg.arch).label}**, weights `{cfg.weights}`, dataset "
                 f"**{dataset_name(cfg.dataset)}**, {cfg.image_size[0]}×{cfg.image_size[1]} px, {cfg.epochs} epochs, "
                 f"{cfg.optimizer.upper()} at {cfg.lr:g}.")
@@ -66,7 +67,7 @@ def sweep_form() -> None:
         sweep = SweepConfig(base=cfg, kind=kind, seeds=int(seeds), lrs=parse_rates(rates),
                             stages=tuple(chosen) if kind != "grid" and chosen != trunk else (),
                             presets=tuple(presets) if kind == "grid" else ())
-        members = plan(sweep)
+        members = plan(sweep, model)
     except ValueError as exc:
         st.error(str(exc), icon=":material/error:")
         return
@@ -118,7 +119,7 @@ def answer(report) -> None:
 
 def live_sweep(sweep_id: str) -> None:
     record = sweeps.load(sweep_id)
-    report = sweep_state(manager, record)
+    report = sweep_state(manager.store, record)
     done = sum(m.status not in ACTIVE for m in report.members)
     st.subheader(f"{record.name}")
     st.progress(done / len(report.members), text=f"{done} of {len(report.members)} runs ended")
@@ -150,7 +151,7 @@ shown = st.selectbox("Sweep", list(labels), index=list(labels).index(wanted) if 
                      format_func=labels.get, key="sweep_shown")
 if st.query_params.get("sweep") != shown:
     st.query_params["sweep"] = shown
-running = not sweep_state(manager, sweeps.load(shown)).done
+running = not sweep_state(manager.store, sweeps.load(shown)).done
 if running:
     st.session_state["sweep_live"] = shown
 st.fragment(live_sweep, run_every=LIVE_EVERY_S if running else None)(shown)

@@ -179,7 +179,7 @@ def test_a_sweep_queues_its_members_and_answers_from_them(store):
         assert record.name == "my sweep" and record.owner == "alice" and record.config == sweep
         assert [m["label"] for m in record.members] == ["head", "head", "layer4", "layer4", "full", "full"]
         wait_done(manager, record)
-        report = sweep_state(manager, record)
+        report = sweep_state(manager.store, record)
         assert report.done and all(m.status == FINISHED for m in report.members)
         assert [r.label for r in report.rows] == ["head", "layer4", "full"]
         assert report.rows[0].mean_acc == pytest.approx(0.56) and report.rows[0].sem_acc == 0.0
@@ -207,7 +207,7 @@ def test_stopping_a_sweep_cancels_the_running_member_and_the_queued_ones(store):
         record = SweepStore(store).load(submit_sweep(manager, SweepConfig(base=BASE, kind="depth", stages=("layer4",))))
         assert stop_sweep(manager, record) == 3
         wait_done(manager, record)
-        assert {m.status for m in sweep_state(manager, record).members} == {CANCELLED}
+        assert {m.status for m in sweep_state(manager.store, record).members} == {CANCELLED}
     finally:
         gate.set()
         manager.shutdown(wait=True, timeout=TIMEOUT)
@@ -222,7 +222,7 @@ def test_after_a_restart_members_in_flight_are_interrupted_and_the_sweep_shows_w
         manager.wait(record.run_ids[0], TIMEOUT)
         assert engine.started.acquire(timeout=TIMEOUT) and engine.started.acquire(timeout=TIMEOUT)
         store.mark_interrupted()  # what the app does when it starts again after a crash
-        report = sweep_state(manager, SweepStore(store).load(record.id))
+        report = sweep_state(manager.store, SweepStore(store).load(record.id))
         assert [m.status for m in report.members] == [FINISHED, INTERRUPTED, INTERRUPTED]
         assert [r.label for r in report.rows] == ["head"] and report.done
     finally:

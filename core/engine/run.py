@@ -217,7 +217,7 @@ def start_phase(network: RunNetwork, config: RunConfig, phase: Phase, data: RunD
 
 def start_facts(config: RunConfig, data: RunData, network: RunNetwork, state: PhaseState, loop: Loop) -> RunStart:
     """What the run knows before its first batch (`Monitor.on_start`), carried on into its summary."""
-    steps_per_epoch = len(batch_slices(len(data.splits["train"]), config.batch_size))
+    steps_per_epoch = _steps_per_epoch(data, config)
     return RunStart(
         total_steps=steps_per_epoch * config.epochs, steps_per_epoch=steps_per_epoch, epochs=config.epochs,
         classes=data.classes, device=str(loop.feeder.device), precision="bf16" if loop.amp_dtype else "fp32",

@@ -43,7 +43,7 @@ class SweepStore:
     def create(self, config: SweepConfig, members: list[dict], *, name: str, owner: str = "") -> str:
         """Write a new sweep record; returns its id."""
         sweep_id = new_id(lambda candidate: self.path(candidate).exists())
-        write_json(self.root / f"{sweep_id}.json", {
+        write_json(self.path(sweep_id), {
             "id": sweep_id, "name": name, "owner": owner, "created": now_iso(), "config": config.to_dict(),
             "members": members,
         })
@@ -54,7 +54,7 @@ class SweepStore:
         if not valid_id(sweep_id):
             raise KeyError(sweep_id)
         try:
-            meta = json.loads((self.root / f"{sweep_id}.json").read_text(encoding="utf-8"))
+            meta = json.loads(self.path(sweep_id).read_text(encoding="utf-8"))
             return SweepRecord(meta["id"], str(meta["name"]), str(meta.get("owner") or ""), str(meta["created"]),
                                SweepConfig.from_dict(meta["config"]), [dict(m) for m in meta["members"]])
         except (OSError, ValueError, KeyError, TypeError) as exc:

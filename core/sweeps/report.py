@@ -59,10 +59,7 @@ class SweepReport:
     def to_dict(self) -> dict:
         return {"sweep_id": self.sweep.id, "kind": self.sweep.config.kind,
                 "members": [m.to_dict() for m in self.members], "summary": [r.to_dict() for r in self.rows],
-                "recommendation": {"best": self.recommendation["best"],
-                                   "cheapest_within_error": self.recommendation["cheapest_within_error"],
-                                   "fewest_params_within_error": self.recommendation["fewest_params_within_error"]},
-                "pareto_front": self.front}
+                "recommendation": dict(self.recommendation), "pareto_front": self.front}
 
 
 def sweep_report(sweep: SweepRecord, runs: dict[str, RunRecord | None]) -> SweepReport:

@@ -51,12 +51,12 @@ def submit_sweep(manager: JobManager, sweep: SweepConfig, *, owner: str = "", na
     return record_sweep(manager.store, sweep, queued, name=name, owner=owner)
 
 
-def sweep_state(manager: JobManager, record: SweepRecord) -> SweepReport:
-    """The sweep as its members stand now: live ones from the manager's memory, the rest from disk."""
+def sweep_state(store: RunStore, record: SweepRecord) -> SweepReport:
+    """The sweep as its members stand in the run store now (a member's metrics reach it at each epoch end)."""
     runs = {}
     for run_id in record.run_ids:
         try:
-            runs[run_id] = manager.store.load(run_id)
+            runs[run_id] = store.load(run_id)
         except KeyError:
             runs[run_id] = None
     return sweep_report(record, runs)
