@@ -33,6 +33,7 @@ class RunConfig:
     # --- freezing ----------------------------------------------------------
     frozen: tuple[str, ...] = ()  # dotted module paths frozen (with everything under them)
     preset: str = "full"  # what trains: full | head | classifier | fc1_fc2 (VGG) | last<N> | custom (ticked by hand)
+    auto_rgn: bool = False  # Auto-RGN: every layer trains, each tensor's rate scaled by its relative gradient norm each epoch
     bn_frozen_eval: bool = True  # frozen BatchNorm layers and frozen blocks' stochastic depth stay in eval mode
     unfreeze_after: int = 0  # gradual unfreezing: >0 trains only the head for this many epochs first
     # --- data --------------------------------------------------------------
@@ -82,6 +83,8 @@ class RunConfig:
             problems.append(f"validation fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.unfreeze_after < self.epochs:
             problems.append("gradual unfreezing must start before the last epoch")
+        if self.auto_rgn and self.frozen:
+            problems.append("Auto-RGN trains every layer (it sets each layer's rate instead): clear the frozen layers")
         if not 0 <= self.seed <= MAX_SEED:
             problems.append(f"seed must be 0-{MAX_SEED}, got {self.seed}")
         if self.optimizer not in OPTIMIZERS:

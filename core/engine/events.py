@@ -44,7 +44,8 @@ class Monitor(Protocol):
 
     def on_epoch(self, record: dict) -> None:
         """After each epoch's validation. Keys: epoch, train_loss, train_acc, val_loss,
-        val_acc, per_class_acc, confusion, epoch_time_s, images_per_s, peak_mem_bytes, lr."""
+        val_acc, per_class_acc, confusion, epoch_time_s, images_per_s, peak_mem_bytes, lr, lrs,
+        layers (`core.engine.signals.LayerDrift.epoch_record`)."""
 
     def should_stop(self) -> bool:
         """Checked between batches; when true the engine raises `RunCancelled`."""

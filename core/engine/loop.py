@@ -8,7 +8,7 @@ host memory); a batch is an index slice of it, converted, augmented and normalis
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -159,11 +159,14 @@ def train_one_epoch(
     epoch: int,
     step: int,
     generator: torch.Generator,
+    after_backward: Sequence[Callable[[bool], None]] = (),
 ) -> tuple[dict, int]:
     """One pass over the shuffled training split. Returns ({train_loss, train_acc}, global step).
 
-    The caller has put the model in training mode. Raises `RunCancelled` at the
-    first batch boundary after `monitor.should_stop()` turns true.
+    The caller has put the model in training mode. Each of `after_backward` is called after every
+    backward pass, before the update, with whether it is the epoch's first step (the layer signals,
+    `core.engine.signals`). Raises `RunCancelled` at the first batch boundary after
+    `monitor.should_stop()` turns true.
     """
     order = torch.randperm(len(data), generator=generator)
     reporter = _StepReporter(loop.monitor)
@@ -182,6 +185,8 @@ def train_one_epoch(
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for hook in after_backward:
+            hook(start == 0)
         optimizer.step()
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()

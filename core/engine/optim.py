@@ -19,11 +19,16 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> tuple[torch.optim.Op
     in, each group says how many tensors and parameters it holds, and on CUDA
     and the CPU the fused implementation (one kernel for the whole update) is
     used. The new head trains at `lr`, other trainable layers at
-    `lr * backbone_lr_mult`.
+    `lr * backbone_lr_mult`; with Auto-RGN every tensor has a group of its
+    own (`core.engine.signals.AutoRGN` scales it). The description lists the
+    named groups.
     """
     groups = param_groups(model, config.arch, config.lr, config.backbone_lr_mult)
     if not groups:
         raise ValueError("Every parameter is frozen: nothing would train. Unfreeze at least the new head.")
+    described = [{"name": g["name"], "num_tensors": g["num_tensors"], "num_params": g["num_params"], "lr": g["lr"]} for g in groups]
+    if config.auto_rgn:
+        groups = per_tensor_groups(model, groups)
     device_type = groups[0]["params"][0].device.type
     kwargs = {"lr": config.lr, "weight_decay": config.weight_decay, "fused": device_type in ("cuda", "cpu")}
     if config.optimizer == "sgd":
@@ -34,8 +39,14 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> tuple[torch.optim.Op
         optimizer = torch.optim.AdamW(groups, **kwargs)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
-    described = [{"name": g["name"], "num_tensors": g["num_tensors"], "num_params": g["num_params"], "lr": g["lr"]} for g in groups]
     return optimizer, described
+
+
+def per_tensor_groups(model: nn.Module, groups: list[dict]) -> list[dict]:
+    """`groups` split into one group per tensor (Auto-RGN sets each tensor's rate), each keeping its
+    group's name and rate and saying which tensor it holds."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [{"name": g["name"], "tensor": names[id(p)], "params": [p], "lr": g["lr"]} for g in groups for p in g["params"]]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int):

@@ -18,6 +18,11 @@ Precision
     used: runs here are a few epochs long, and compiling per architecture, input shape and frozen
     set costs more than it saves (`bench/compile_cost.py` measures it).
 
+Layer signals (`core.engine.signals`)
+    Every epoch's record carries ``layers``: per stage, how far its weights moved since the start and
+    how large its gradients were. With ``config.auto_rgn`` every tensor's rate is scaled by its
+    relative gradient norm at each epoch's first step.
+
 Timings
     ``summary.timings`` splits the run's wall time into data (index, decoded images, to the device),
     model (build, weights, to the device), features (prefix features computed or loaded), epochs
@@ -60,6 +65,7 @@ from core.engine.loop import (
     train_one_epoch,
 )
 from core.engine.optim import build_optimizer, build_scheduler
+from core.engine.signals import AutoRGN, LayerDrift, signal_groups
 from core.estimate import FeaturePlan, feature_budget, plan_features
 from core.freezing import Phase, param_counts, phase_plan, set_frozen, set_train_mode
 from core.models import LoadReport, run_chain
@@ -88,6 +94,7 @@ class RunNetwork:
     frozen_before: dict[str, Tensor]  # CPU copies of what must not move (`freeze_snapshot`)
     trainable: int
     frozen: int
+    drift: LayerDrift  # per stage: how far the weights moved, how large the gradients were
 
 
 @dataclass
@@ -98,6 +105,7 @@ class PhaseState:
     groups: list[dict]
     scheduler: object | None
     plan: FeaturePlan
+    auto_rgn: AutoRGN | None  # scales each tensor's rate at every epoch's first step (`config.auto_rgn`)
 
 
 @dataclass
@@ -197,10 +205,11 @@ def prepare_network(config: RunConfig, device: torch.device, runs_dir: Path | No
     set_frozen(model, config.frozen)
     frozen_before = freeze_snapshot(model, config.bn_frozen_eval)  # CPU copies, for the audit at the end
     trainable, frozen = param_counts(model)
+    drift = LayerDrift(model, signal_groups(model, config.arch))  # its start copy: made on the CPU
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    return RunNetwork(model, models.forward_chain(model, config.arch), report, frozen_before, trainable, frozen)
+    return RunNetwork(model, models.forward_chain(model, config.arch), report, frozen_before, trainable, frozen, drift)
 
 
 def start_phase(network: RunNetwork, config: RunConfig, phase: Phase, data: RunData, loop: Loop) -> PhaseState:
@@ -212,7 +221,7 @@ def start_phase(network: RunNetwork, config: RunConfig, phase: Phase, data: RunD
     plan = plan_features(network.chain, config, images=sum(len(s) for s in data.splits.values()),
                          elem_bytes=loop.amp_dtype.itemsize if loop.amp_dtype else 4,
                          budget=feature_budget(loop.feeder.device))
-    return PhaseState(optimizer, groups, scheduler, plan)
+    return PhaseState(optimizer, groups, scheduler, plan, AutoRGN(optimizer) if config.auto_rgn else None)
 
 
 def start_facts(config: RunConfig, data: RunData, network: RunNetwork, state: PhaseState, loop: Loop) -> RunStart:
@@ -260,10 +269,12 @@ def run_epoch(network: RunNetwork, config: RunConfig, data: RunData, state: Phas
     t_epoch = time.perf_counter()
     inputs, forward = phase_inputs(network, data, state, loop, features)
     set_train_mode(network.model, config.bn_frozen_eval)
-    lr = {g["name"]: g["lr"] for g in state.optimizer.param_groups}
-    stats, _ = train_one_epoch(forward, state.optimizer, inputs["train"], loop, features=state.plan.used,
-                               epoch=epoch, step=(epoch - 1) * _steps_per_epoch(data, config), generator=shuffle)
+    lr = {g["name"]: g["lr"] for g in state.optimizer.param_groups}  # per named group (Auto-RGN: before scaling)
+    hooks = [network.drift.after_backward] + ([state.auto_rgn.after_backward] if state.auto_rgn else [])
+    stats, _ = train_one_epoch(forward, state.optimizer, inputs["train"], loop, features=state.plan.used, epoch=epoch,
+                               step=(epoch - 1) * _steps_per_epoch(data, config), generator=shuffle, after_backward=hooks)
     train_time = time.perf_counter() - t_epoch
+    layers = layer_record(network, state)
     network.model.eval()
     stats |= evaluate(forward, inputs["val"], loop, config.num_classes, features=state.plan.used)
     if state.scheduler is not None:
@@ -278,7 +289,19 @@ def run_epoch(network: RunNetwork, config: RunConfig, data: RunData, state: Phas
         "lr": lr.get("head", max(lr.values())),
         "lrs": lr,
         "feature_cache": state.plan.used,
+        "layers": layers,
     }
+
+
+def layer_record(network: RunNetwork, state: PhaseState) -> dict:
+    """The epoch's layer signals (`LayerDrift.epoch_record`); with Auto-RGN also each group's rate
+    scale (its tensors' scales weighted by size), after which the unscaled rates are put back."""
+    record = network.drift.epoch_record()
+    if state.auto_rgn is not None:
+        sizes = {n: p.numel() for n, p in network.model.named_parameters()}
+        record["rgn_scale"] = state.auto_rgn.group_scales(network.drift.groups, sizes)
+        state.auto_rgn.end_epoch()
+    return record
 
 
 def _steps_per_epoch(data: RunData, config: RunConfig) -> int:

@@ -19,6 +19,8 @@ The protocol, over one duplex pipe (the calling thread sends, the worker answers
     ("run", config dict, device, runs dir, FREEZE_LAB_* environment)
         -> ("start", info) ("step", step, epoch, loss)... ("epoch", record)... then
            ("done", summary, state dict) or ("error", exception, traceback text)
+    ("probe", config dict, device, runs dir, environment)      (the RGN probe, `probe`)
+        -> ("done", signals dict, None) or ("error", exception, traceback text)
     ("quit",)
 """
 
@@ -38,6 +40,7 @@ import torch
 from core.config import RunConfig
 from core.engine import TrainResult, train
 from core.engine.events import Monitor, TrainingProcessDied
+from core.engine.probe import Signals, probe_rgn
 from core.summary import RunSummary
 
 ENV_PREFIX = "FREEZE_LAB_"  # the environment a run reads (data folder, fault injection): sent with each run
@@ -60,14 +63,24 @@ class ProcessTrainer:
         """The worker's process id while it lives."""
         return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
 
-    def __call__(self, config: RunConfig, monitor: Monitor, *, device: torch.device, runs_dir: Path):
+    def __call__(self, config: RunConfig, monitor: Monitor, *, device: torch.device, runs_dir: Path) -> TrainResult:
+        summary, state_dict = self._exchange("run", config, monitor, device, runs_dir)
+        return TrainResult(summary=RunSummary.from_dict(summary), state_dict=state_dict)
+
+    def probe(self, config: RunConfig, *, device: torch.device, runs_dir: Path) -> Signals:
+        """The RGN probe of `config` (`core.engine.probe.probe_rgn`) in the worker."""
+        result, _ = self._exchange("probe", config, _Unstoppable(), device, runs_dir)
+        return Signals.from_dict(result)
+
+    def _exchange(self, kind: str, config: RunConfig, monitor: Monitor, device: torch.device, runs_dir: Path):
+        """Send one task, relay the worker's reports to `monitor` until it answers; the answer's payload."""
         with self._lock:
             conn, stop = self._ready()
             stop.clear()
             env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-            answered = False  # the worker ended the run itself (done, error): it waits for the next one
+            answered = False  # the worker ended the task itself (done, error): it waits for the next one
             try:
-                self._talk(conn.send, ("run", config.to_dict(), str(device), str(runs_dir), env))
+                self._talk(conn.send, (kind, config.to_dict(), str(device), str(runs_dir), env))
                 while True:
                     if monitor.should_stop():
                         stop.set()  # the worker raises RunCancelled at its next batch boundary
@@ -75,24 +88,24 @@ class ProcessTrainer:
                         if not self._proc.is_alive():
                             raise self._died()
                         continue
-                    kind, *payload = self._talk(conn.recv)
-                    if kind == "step":
+                    reply, *payload = self._talk(conn.recv)
+                    if reply == "step":
                         monitor.on_step(*payload)
-                    elif kind == "epoch":
+                    elif reply == "epoch":
                         monitor.on_epoch(payload[0])
-                    elif kind == "start":
+                    elif reply == "start":
                         monitor.on_start(payload[0])
-                    elif kind == "done":
+                    elif reply == "done":
                         answered = True
-                        return TrainResult(summary=RunSummary.from_dict(payload[0]), state_dict=payload[1])
-                    elif kind == "error":
+                        return payload
+                    elif reply == "error":
                         answered = True
                         exc, remote_traceback = payload
                         exc.add_note(f"In the training process:\n{remote_traceback}")
                         raise exc
             finally:
                 if not answered and self._proc is not None:
-                    self._discard()  # left mid-run (a failing monitor, ...): its state is unknown, start afresh
+                    self._discard()  # left mid-task (a failing monitor, ...): its state is unknown, start afresh
 
     def close(self, timeout: float = 10.0) -> None:
         """Ask the worker to quit (it is ended if it does not)."""
@@ -171,6 +184,13 @@ class _PipeMonitor:
         return self.stop.is_set()
 
 
+class _Unstoppable:
+    """The monitor of a task nobody stops midway (a probe: a few batches)."""
+
+    def should_stop(self) -> bool:
+        return False
+
+
 def serve(conn, stop, threads: int | None) -> None:
     """The worker's whole life: train each run it is sent, until "quit" or the server is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the server's terminal is the server's to handle
@@ -183,14 +203,18 @@ def serve(conn, stop, threads: int | None) -> None:
             return  # the server went away
         if message[0] == "quit":
             return
-        _, config, device, runs_dir, env = message
+        kind, config, device, runs_dir, env = message
         for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
             del os.environ[key]
         os.environ.update(env)
+        config, device, runs_dir = RunConfig.from_dict(config), torch.device(device), Path(runs_dir)
         try:
-            result = train(RunConfig.from_dict(config), _PipeMonitor(conn, stop), device=torch.device(device),
-                           runs_dir=Path(runs_dir))
-            conn.send(("done", result.summary.to_dict(), result.state_dict))
+            if kind == "probe":
+                result = probe_rgn(config, device=device, runs_dir=runs_dir)
+                conn.send(("done", result.to_dict(), None))
+            else:
+                result = train(config, _PipeMonitor(conn, stop), device=device, runs_dir=runs_dir)
+                conn.send(("done", result.summary.to_dict(), result.state_dict))
         except Exception as exc:
             remote_traceback = traceback.format_exc()
             conn.send(("error", _portable(exc), remote_traceback))

@@ -1,0 +1,142 @@
+"""Layer signals: which layers want to move (relative gradient norms), and which did (weight drift).
+
+Relative gradient norm, RGN (Lee et al., ICLR 2023, "Surgical fine-tuning improves adaptation to
+distribution shifts", their Auto-RGN): for a parameter tensor θ with gradient g, ‖g‖ / ‖θ‖. A layer
+or a stage counts its tensors as one vector, sqrt(Σ‖g‖²) / sqrt(Σ‖θ‖²), so that a large weight is
+not outvoted by its small biases (`relative_norm`). The Model page's probe (`core.engine.probe`)
+measures it on a few batches without an update; `AutoRGN` trains with it.
+
+Layer drift: at each epoch's end, per signal group (the trunk's stages, then what the classifier
+holds besides its head, then the head), the relative change of the group's weights since the run
+started, ‖θ − θ₀‖ / ‖θ₀‖, and the root mean square over the epoch's steps of the gradient norm of
+its trainable parameters (`LayerDrift`). θ₀ is a CPU copy of the trainable parameters only (frozen
+ones cannot move; the freeze audit checks), and the drift is computed on the CPU, so the device
+holds nothing more than it does to train (the memory estimate stays true).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import get_total_norm
+
+from core.models import arch_spec, stages
+
+HEAD, CLASSIFIER = "head", "classifier"
+
+
+def signal_groups(model: nn.Module, arch: str) -> dict[str, list[str]]:
+    """{group: parameter names} in forward order: each trunk stage (`core.models.stages`), then
+    "classifier" (what the classifier holds besides its head, when it holds anything), then "head".
+    Groups without parameters are left out."""
+    spec = arch_spec(arch)
+    prefixes = [(s.name, s.paths) for s in stages(model, arch)] + [(HEAD, (spec.head,))]
+    groups: dict[str, list[str]] = {name: [] for name, _ in prefixes[:-1]} | {CLASSIFIER: [], HEAD: []}
+    for name, _ in model.named_parameters():
+        group = next((g for g, paths in prefixes if any(_under(name, p) for p in paths)), CLASSIFIER)
+        groups[group].append(name)
+    return {g: names for g, names in groups.items() if names}
+
+
+def _under(name: str, path: str) -> bool:
+    return name == path or name.startswith(path + ".")
+
+
+def relative_norm(grad_sq: float, param_sq: float) -> float | None:
+    """sqrt(Σ‖g‖²) / sqrt(Σ‖θ‖²) from the sums of squares; None when the weights are all zero."""
+    return math.sqrt(grad_sq) / math.sqrt(param_sq) if param_sq > 0 else None
+
+
+def squared_norms(tensors: Iterable[Tensor]) -> Tensor:
+    """The squared L2 norm of `tensors` taken as one vector, as a 0-d tensor on their device (no sync)."""
+    tensors = list(tensors)
+    if not tensors:
+        return torch.zeros(())
+    return get_total_norm(tensors, foreach=True).float().square()
+
+
+class LayerDrift:
+    """Per signal group: weight drift since the start and the gradient norm, one record per epoch.
+
+    `after_backward` runs after every backward pass (it adds each group's squared gradient norm on
+    the device, without a sync); `epoch_record` closes an epoch.
+    """
+
+    def __init__(self, model: nn.Module, groups: dict[str, list[str]]) -> None:
+        """`groups`: {group: parameter names} (`signal_groups`); what trains now is what may move."""
+        params = dict(model.named_parameters())
+        self.groups = groups
+        self.params = params
+        with torch.no_grad():
+            # every tensor that trains in some phase: the run's frozen set is the last phase's
+            self.start = {n: p.detach().to("cpu", copy=True) for n, p in params.items() if p.requires_grad}
+            self.start_sq = {g: squared_norms(params[n].detach() for n in names).item() for g, names in self.groups.items()}
+        self._grad_sq: dict[str, Tensor] = {}
+        self._steps = 0
+
+    def after_backward(self, first_step: bool) -> None:
+        for group, names in self.groups.items():
+            grads = [self.params[n].grad for n in names if self.params[n].grad is not None]
+            if grads:
+                total = squared_norms(grads)
+                self._grad_sq[group] = self._grad_sq[group] + total if group in self._grad_sq else total
+        self._steps += 1
+
+    @torch.no_grad()
+    def epoch_record(self) -> dict:
+        """{"groups", "drift", "grad_norm"}, lists in the groups' order; grad_norm is None for a group
+        that had no gradient this epoch (frozen). Resets the epoch's gradient sums."""
+        drift, grad_norm = [], []
+        for group, names in self.groups.items():
+            # on the CPU, one tensor at a time: the device holds nothing more than during training
+            moved = sum(float((self.params[n].detach().cpu() - self.start[n]).square().sum()) for n in names if n in self.start)
+            drift.append(relative_norm(moved, self.start_sq[group]))
+            grad_sq = self._grad_sq.get(group)
+            grad_norm.append(math.sqrt(grad_sq.item() / self._steps) if grad_sq is not None else None)
+        self._grad_sq, self._steps = {}, 0
+        return {"groups": list(self.groups), "drift": drift, "grad_norm": grad_norm}
+
+
+class AutoRGN:
+    """Auto-RGN (Lee et al., 2023): every tensor trains at the rate of its group times its relative
+    gradient norm over the largest one, ‖g‖/‖θ‖ / max over tensors, measured on the first batch of
+    each epoch (`after_backward` with ``first_step``), before that step's update.
+
+    The optimizer has one parameter group per tensor (`build_optimizer`). `end_epoch` puts the
+    unscaled rates back before the scheduler steps, so any schedule acts on the rates it set. A
+    tensor whose weights are all zero has no RGN and trains at the full rate.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.scales: dict[str, float] = {}  # tensor name -> this epoch's scale
+
+    def after_backward(self, first_step: bool) -> None:
+        if not first_step:
+            return
+        groups = [g for g in self.optimizer.param_groups if g["params"][0].grad is not None]
+        with torch.no_grad():
+            grad = torch.stack([g["params"][0].grad.detach().float().norm() for g in groups]).tolist()
+            weight = torch.stack([g["params"][0].detach().float().norm() for g in groups]).tolist()
+        rgn = [gn / wn if wn > 0 else None for gn, wn in zip(grad, weight)]
+        top = max((r for r in rgn if r is not None), default=0.0)
+        for group, r in zip(groups, rgn):
+            scale = 1.0 if r is None or top == 0 else r / top
+            group["unscaled_lr"] = group["lr"]
+            group["lr"] *= scale
+            self.scales[group["tensor"]] = scale
+
+    def end_epoch(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.pop("unscaled_lr", group["lr"])
+
+    def group_scales(self, groups: dict[str, list[str]], sizes: dict[str, int]) -> list[float | None]:
+        """Each signal group's scale this epoch, its tensors' scales weighted by their sizes."""
+        out = []
+        for names in groups.values():
+            scaled = [(self.scales[n], sizes[n]) for n in names if n in self.scales]
+            out.append(sum(s * k for s, k in scaled) / sum(k for _, k in scaled) if scaled else None)
+        return out
