@@ -17,6 +17,7 @@ from core.freezing import (
     preset_of,
     presets_for,
     set_frozen,
+    strategy_label,
 )
 from core.models import (
     CATALOG,
@@ -247,7 +248,7 @@ with st.container(horizontal=True, gap="medium"):
               delta_color="off", delta_arrow="off", width="content")
     st.metric("Frozen parameters", f"{frozen_count:,}", f"{estimate.human_share(frozen_count, total)} of all",
               delta_color="off", delta_arrow="off", width="content")
-    st.metric("Strategy", preset_label(cfg.preset), width="content")
+    st.metric("Strategy", strategy_label(cfg), width="content")
     if costs is not None and costs.run is not None:
         st.metric("Peak memory of a run", estimate.human_bytes(costs.run.peak_bytes), f"during {costs.run.peak_moment}",
                   delta_color="off", delta_arrow="off", width="content", help=f"Estimated for "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.config import SWEEP_KINDS, SweepConfig
+from core.config import AUTO_RGN, SWEEP_KINDS, SweepConfig
 from core.data import dataset_name
 from core.freezing import presets_for
 from core.models import arch_spec, build_skeleton, stages
@@ -58,15 +58,19 @@ def sweep_form() -> None:
     left.caption(KIND_HELP[kind])
     chosen = left.multiselect("Stages", trunk, default=trunk, key="sweep_stages", disabled=kind == "grid",
                               help="Surgical: each stage tuned alone. Depth: down to the first chosen stage.")
-    presets = left.multiselect("Strategies", [p for p in presets_for(cfg.arch) if p != "last"] + trunk,
+    presets = left.multiselect("Strategies", [p for p in presets_for(cfg.arch) if p != "last"] + trunk + [AUTO_RGN],
                                default=["head", "full"], key="sweep_presets", disabled=kind != "grid")
+    with_auto_rgn = left.checkbox("Add Auto-RGN", key="sweep_auto_rgn", disabled=kind == "grid",
+                                  help="One more strategy: every layer trains, each at a rate scaled by its relative "
+                                       "gradient norm (Lee et al.'s Auto-RGN). In a grid, pick auto-rgn above.")
     seeds = right.number_input("Seeds", 1, 20, 1, key="sweep_seeds", help="3 for a real answer: mean ± standard error.")
     rates = right.text_input("Learning rates", f"{cfg.lr:g}", key="sweep_lrs", help="Comma-separated, e.g. 0.01, 0.001")
     name = right.text_input("Sweep name", key="sweep_name", placeholder="optional")
     try:
         sweep = SweepConfig(base=cfg, kind=kind, seeds=int(seeds), lrs=parse_rates(rates),
                             stages=tuple(chosen) if kind != "grid" and chosen != trunk else (),
-                            presets=tuple(presets) if kind == "grid" else ())
+                            presets=tuple(presets) if kind == "grid" else (),
+                            with_auto_rgn=with_auto_rgn and kind != "grid")
         members = plan(sweep, model)
     except ValueError as exc:
         st.error(str(exc), icon=":material/error:")

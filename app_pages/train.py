@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS
 from core.data import dataset_name
-from core.freezing import model_structure, preset_label
+from core.freezing import model_structure, strategy_label
 from core.models import arch_spec, imagenet_available
 from core.store import CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING
 from ui import charts
@@ -40,7 +40,7 @@ with st.container(border=True):
         dataset = dataset_name(cfg.dataset)
         facts = [
             ("Model", arch_spec(cfg.arch).label, weights_note(cfg.weights), f"Starting weights: {cfg.weights}"),
-            ("Strategy", preset_label(cfg.preset), f"{trainable:,} trainable", None),
+            ("Strategy", strategy_label(cfg), f"{trainable:,} trainable", None),
             ("Dataset", dataset, f"{cfg.num_classes} classes", cfg.dataset if dataset != cfg.dataset else None),
             ("Input", f"{cfg.image_size[0]}×{cfg.image_size[1]}",
              "frozen layers in eval mode" if cfg.bn_frozen_eval else "frozen layers in train mode", None),

@@ -49,7 +49,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, derived:
             continue
         flag = "--" + f.name.replace("_", "-")
         shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-        kwargs: dict[str, Any] = {"default": f.default, "help": f"{helps.get(f.name, '')} (default: {shown or 'none'})"}
+        shown = {True: "on", False: "off"}.get(shown, shown) if isinstance(shown, bool) else shown if shown not in ("", None) else "none"
+        kwargs: dict[str, Any] = {"default": f.default, "help": f"{helps.get(f.name, '')} (default: {shown})"}
         kind = str(f.type)
         if f.name == "image_size":
             kwargs |= {"type": image_size, "metavar": "S|HxW"}

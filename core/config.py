@@ -132,6 +132,7 @@ class RunConfig:
         return cls.from_dict(json.loads(text))
 
 
+AUTO_RGN = "auto-rgn"  # a sweep's strategy: every layer trains, at rates scaled by relative gradient norms
 MAX_SWEEP_MEMBERS = 200  # a sweep is a question, not a search: past this it is a mistake in the grid
 
 
@@ -144,7 +145,8 @@ class SweepConfig:
     seeds: int = 1  # seeds per strategy: the base seed, the next, ... (3 for a real answer)
     lrs: tuple[float, ...] = ()  # learning rates of the head to try (empty: the base config's)
     stages: tuple[str, ...] = ()  # stages the sweep spans: surgical tunes each, depth goes down to the first (empty: all)
-    presets: tuple[str, ...] = ()  # grid: the strategies, presets (head, last2, full, ...) or stage names
+    presets: tuple[str, ...] = ()  # grid: the strategies, presets (head, last2, full, ...), stage names or auto-rgn
+    with_auto_rgn: bool = False  # depth, surgical: also a member with every layer at Auto-RGN rates (after full)
 
     def __post_init__(self) -> None:
         for name in ("lrs", "stages", "presets"):
@@ -164,6 +166,10 @@ class SweepConfig:
             problems.append(f"learning rates must be in (0, 10], got {list(self.lrs)}")
         if self.kind == "grid" and not self.presets:
             problems.append("a grid sweep needs at least one preset (e.g. head, last2, full)")
+        if not isinstance(self.with_auto_rgn, bool):
+            problems.append(f"with_auto_rgn must be true or false, got {self.with_auto_rgn!r}")
+        elif self.with_auto_rgn and self.kind == "grid":
+            problems.append(f"a grid sweep lists {AUTO_RGN} among its presets")
         if self.kind != "grid" and self.presets:
             problems.append(f"presets are for grid sweeps; a {self.kind} sweep chooses its own")
         if problems:

@@ -32,6 +32,7 @@ from core.sweeps import (
     sweep_state,
     within_error,
 )
+from core.sweeps.plan import member_config
 from core.sweeps.stats import Result
 
 TIMEOUT = 60
@@ -74,8 +75,19 @@ def test_a_grid_crosses_strategies_rates_and_seeds_in_order():
     assert len(members) == 12 and members[4].strategy.frozen == ("conv1", "bn1", "layer1", "layer3", "layer4")
 
 
+def test_auto_rgn_is_a_strategy_of_every_kind():
+    members = plan(SweepConfig(base=BASE, kind="surgical", stages=("layer4",), with_auto_rgn=True))
+    assert [m.label for m in members] == ["head", "layer4", "full", "auto-rgn"]
+    auto = member_config(SweepConfig(base=BASE, kind="surgical"), members[-1])
+    assert auto.auto_rgn and auto.frozen == () and auto.preset == "full"
+    assert not member_config(SweepConfig(base=BASE), members[-2]).auto_rgn
+    grid = plan(SweepConfig(base=BASE, kind="grid", presets=("head", "auto-rgn")))
+    assert [(m.label, m.strategy.auto_rgn) for m in grid] == [("head", False), ("auto-rgn", True)]
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"kind": "surgical", "stages": ("layer9",)}, "has no stage 'layer9'"),
+    ({"kind": "grid", "presets": ("full",), "with_auto_rgn": True}, "lists auto-rgn among its presets"),
     ({"kind": "grid"}, "needs at least one preset"),
     ({"kind": "depth", "presets": ("head",)}, "presets are for grid sweeps"),
     ({"kind": "zigzag"}, "unknown sweep kind"),

@@ -36,7 +36,7 @@ from core.analysis.inference import (
 )
 from core.config import RunConfig
 from core.data import decode_images, load_dataset
-from core.freezing import model_structure, preset_label
+from core.freezing import model_structure, strategy_label
 from core.store import RunRecord, run_state_dict
 
 MiB = 2**20
@@ -99,7 +99,7 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             "date": _date(r.created),
             "status": r.status,
             "arch": r.config.arch,
-            "strategy": preset_label(r.config.preset),
+            "strategy": strategy_label(r.config),
             "trainable params": trainable_params(r),
             "best val acc": max((e["val_acc"] for e in epochs if "val_acc" in e), default=None),
             "time (s)": _time_s(r),

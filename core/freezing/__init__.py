@@ -19,6 +19,7 @@ from core.freezing.presets import (
     preset_label,
     preset_of,
     presets_for,
+    strategy_label,
 )
 from core.freezing.rules import (
     frozen_stochastic_depth,
@@ -41,5 +42,5 @@ __all__ = [
     "PRESET_HELP", "PRESET_LABELS", "Check", "LayerNode", "LayerTree", "Phase", "Stage", "apply_preset", "frozen_complement",
     "frozen_prefix", "frozen_stochastic_depth", "is_frozen_bn", "layer_tree", "model_structure", "output_shapes",
     "param_counts", "param_groups", "phase_plan", "preflight", "preset_frozen", "preset_label", "preset_of", "presets_for",
-    "set_frozen", "set_train_mode", "stages",
+    "set_frozen", "set_train_mode", "stages", "strategy_label",
 ]

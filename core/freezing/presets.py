@@ -7,6 +7,7 @@ import re
 
 from torch import nn
 
+from core.config import RunConfig
 from core.freezing.rules import set_frozen
 from core.freezing.tree import LayerTree
 from core.models import arch_spec, get_module, stages
@@ -46,6 +47,12 @@ def preset_label(preset: str) -> str:
     if m := re.fullmatch(r"last(\d+)", preset):
         return f"Last {m.group(1)} block{'s' if m.group(1) != '1' else ''}"
     return PRESET_LABELS.get(preset, preset)
+
+
+def strategy_label(config: RunConfig) -> str:
+    """What a run's strategy is called: its preset's label, or "Auto-RGN" (every layer trains, at rates
+    its relative gradient norms set)."""
+    return "Auto-RGN" if config.auto_rgn else preset_label(config.preset)
 
 
 def preset_frozen(model: nn.Module, arch: str, preset: str) -> tuple[str, ...]:

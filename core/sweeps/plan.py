@@ -4,7 +4,10 @@
   then full fine-tuning (labels ``head``, ``last1`` ..., ``full``);
 - **surgical** (Lee et al., ICLR 2023): exactly one stage with the new head, for each stage, plus
   the head only and full fine-tuning (labels: the Model page's stage names, ``head``, ``full``);
-- **grid**: any presets (``head``, ``classifier``, ``last2``, ``full``, ...) or single stages.
+- **grid**: any presets (``head``, ``classifier``, ``last2``, ``full``, ...), single stages, or
+  ``auto-rgn`` (every layer, each at a rate scaled by its relative gradient norm, Lee et al.'s
+  Auto-RGN); depth and surgical sweeps add ``auto-rgn`` after ``full`` when asked
+  (`SweepConfig.with_auto_rgn`).
 
 Every strategy runs once per learning rate and seed. Members are listed in forward order (what
 trains moves from the output towards the input for depth, from the input to the output for
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from core.config import MAX_SWEEP_MEMBERS, RunConfig, SweepConfig
+from core.config import AUTO_RGN, MAX_SWEEP_MEMBERS, RunConfig, SweepConfig
 from core.freezing import frozen_complement, preset_frozen
 from core.models import arch_spec, build_skeleton, stages
 
@@ -27,6 +30,7 @@ class Strategy:
     label: str  # what trains: "head", "last2", "layer1", "full", a preset name
     preset: str  # RunConfig.preset of the members: the preset, or the stage's name
     frozen: tuple[str, ...]
+    auto_rgn: bool = False  # every layer trains at rates scaled by their relative gradient norms
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,16 @@ def strategies(sweep: SweepConfig, model: nn.Module | None = None) -> list[Strat
     def one_stage(stage) -> Strategy:
         return Strategy(stage.name, stage.name, frozen_complement(model, [*stage.paths, arch_spec(base.arch).head]))
 
+    auto_rgn = Strategy(AUTO_RGN, "full", (), auto_rgn=True)
+    extra = [auto_rgn] if sweep.with_auto_rgn else []
     if sweep.kind == "depth":
         deepest = len(trunk) - min(names.index(s.name) for s in chosen)  # the most stages a member trains
         lasts = [preset(f"last{k}") for k in range(1, deepest + 1) if k < len(trunk)]
-        return [preset("head"), *lasts, preset("full")]
+        return [preset("head"), *lasts, preset("full"), *extra]
     if sweep.kind == "surgical":
-        return [preset("head"), *(one_stage(s) for s in chosen), preset("full")]
+        return [preset("head"), *(one_stage(s) for s in chosen), preset("full"), *extra]
     by_stage = {s.name: s for s in trunk}
-    return [one_stage(by_stage[p]) if p in by_stage else preset(p) for p in sweep.presets]
+    return [auto_rgn if p == AUTO_RGN else one_stage(by_stage[p]) if p in by_stage else preset(p) for p in sweep.presets]
 
 
 def plan(sweep: SweepConfig, model: nn.Module | None = None) -> list[Member]:
@@ -79,4 +85,4 @@ def plan(sweep: SweepConfig, model: nn.Module | None = None) -> list[Member]:
 def member_config(sweep: SweepConfig, member: Member) -> RunConfig:
     """The `RunConfig` a member trains."""
     return sweep.base.replace(frozen=member.strategy.frozen, preset=member.strategy.preset, lr=member.lr,
-                              seed=member.seed)
+                              seed=member.seed, auto_rgn=member.strategy.auto_rgn)
