@@ -72,6 +72,16 @@ else:
     st.dataframe(configs, width="stretch", key="compare_configs")
 
 st.plotly_chart(charts.freezing_figure(compare.freezing_map(picked)), key="compare_freezing", width="stretch")
+drift = compare.layer_drift(picked)
+if len(drift):
+    st.plotly_chart(charts.drift_map_figure(drift), key="compare_drift", width="stretch")
+    run_label = dict(zip(chosen, compare.run_labels(picked)))
+    with_signals = [i for i in chosen if run_label[i] in drift.index]
+    one = st.selectbox("Layer signals per epoch of", with_signals, format_func=run_label.get, key="compare_signals_run")
+    epochs = by_id[one].metrics.get("epochs", [])
+    left, right = st.columns(2)
+    left.plotly_chart(charts.layer_signal_figure(epochs, "drift"), key="compare_drift_epochs", width="stretch")
+    right.plotly_chart(charts.layer_signal_figure(epochs, "grad_norm"), key="compare_grad_epochs", width="stretch")
 
 # --- curves and scatter ------------------------------------------------------------------------
 st.subheader("Curves")

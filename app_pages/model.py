@@ -35,6 +35,7 @@ from core.store import FINISHED, QUEUED, RUNNING
 from ui import services
 from ui.services import get_manager
 from ui.session import dataset_classes, dataset_sizes, draft, update_draft
+from ui.signals import signals_panel
 from ui.tree import apply_edits, group_table, groups_of, overview_table
 from ui.welcome import first_run_panel
 
@@ -70,8 +71,23 @@ def cost_table(mine: list[dict], full: list[dict]) -> pd.DataFrame:
 
 
 def set_frozen_choice(frozen, preset: str) -> None:
-    update_draft(frozen=tuple(frozen), preset=preset)
+    """A freezing choice (a preset, a tick, the top stages by RGN): layers train at the usual rates again."""
+    update_draft(frozen=tuple(frozen), preset=preset, auto_rgn=False)
     st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
+
+
+def set_auto_rgn() -> None:
+    """The Auto-RGN switch: on, every layer trains (the rates are Auto-RGN's to set)."""
+    on = st.session_state["model_auto_rgn"]
+    update_draft(auto_rgn=on, **({"frozen": (), "preset": "full"} if on else {}))
+    st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
+
+
+def apply_signals_choice(frozen) -> None:
+    """The top stages by RGN: named as the preset they happen to be ("last2"), else "custom"."""
+    cfg = draft()
+    layers, _ = model_structure(cfg.arch, cfg.num_classes, cfg.image_size)
+    set_frozen_choice(frozen, preset_of(skeleton(cfg.arch, cfg.num_classes), cfg.arch, layers, frozen))
 
 
 def apply_tree_edits(tree) -> None:
@@ -208,14 +224,19 @@ def choose_preset(preset: str) -> None:
 preset_cols = st.columns([1, 1, 1, 1, 2])
 for col, preset in zip(preset_cols, [p for p in presets_for(arch) if p != "last"]):
     col.button(preset_label(preset), key=f"preset_{preset}", width="stretch", help=PRESET_HELP[preset],
-               type="primary" if cfg.preset == preset else "secondary", on_click=choose_preset, args=(preset,))
+               type="primary" if cfg.preset == preset and not cfg.auto_rgn else "secondary", on_click=choose_preset, args=(preset,))
 with preset_cols[-1]:
     n_blocks = st.slider("Last N blocks", 0, len(trunk), min(2, len(trunk)), key="preset_last_n",
                          help=f"Train the last N of {len(trunk)} blocks ({', '.join(s.name for s in trunk)}) "
                               "and everything after them.")
     st.button(f"Train the last {n_blocks} blocks", key="preset_last", width="stretch",
-              type="primary" if cfg.preset == f"last{n_blocks}" else "secondary",
+              type="primary" if cfg.preset == f"last{n_blocks}" and not cfg.auto_rgn else "secondary",
               on_click=choose_preset, args=(f"last{n_blocks}",))
+st.session_state["model_auto_rgn"] = cfg.auto_rgn  # the draft decides (a preset click turns it off)
+st.toggle("Auto-RGN rates: every layer trains, each at a rate scaled by its relative gradient norm",
+          key="model_auto_rgn", on_change=set_auto_rgn,
+          help="Lee et al. (ICLR 2023): at each epoch's first step every tensor's rate becomes the usual rate × "
+               "its ‖∇θ‖/‖θ‖ over the largest one, so the layers the data asks most of move most.")
 cfg = draft()
 
 has_bn = any(n.kind.startswith("BatchNorm") for n in tree.nodes)
@@ -274,8 +295,11 @@ with tab_tree:
         "params": st.column_config.NumberColumn("Params", format="localized"),
         "trainable": st.column_config.NumberColumn("Trainable", format="localized"),
     }
+    signals = signals_panel(cfg, trunk, model, apply_signals_choice)
+    if signals is not None:
+        column_config["RGN"] = st.column_config.NumberColumn("RGN", format="%.3g", help="‖∇θ‖ / ‖θ‖ on the probe's batches")
     groups = groups_of(tree, trunk)
-    df, targets[f"tree_overview@{version}"] = overview_table(tree, groups, cfg.frozen)
+    df, targets[f"tree_overview@{version}"] = overview_table(tree, groups, cfg.frozen, signals)
     st.data_editor(df, key=f"tree_overview@{version}", hide_index=True, width="stretch", height=table_height(df),
                    column_config=column_config, disabled=[c for c in df.columns if c != "train"])
     st.caption("Blocks of the network, in forward order. Open a block to tick single layers.")
@@ -284,7 +308,7 @@ with tab_tree:
         # closed expander under the user's mouse
         with st.expander(f"{group.name} — {row.state} · {row.trainable:,} / {row.params:,} trainable",
                          key=f"tree_block_{group.name}"):
-            gdf, targets[f"tree_{group.name}@{version}"] = group_table(tree, group, cfg.frozen, report)
+            gdf, targets[f"tree_{group.name}@{version}"] = group_table(tree, group, cfg.frozen, report, signals)
             st.data_editor(gdf, key=f"tree_{group.name}@{version}", hide_index=True, width="stretch",
                            height=table_height(gdf), column_config=column_config,
                            disabled=[c for c in gdf.columns if c != "train"])

@@ -120,7 +120,8 @@ def fresh_snapshot(run_id: str):
     last = epochs[-1] if epochs else None
     classes = snap.info.get("classes") or snap.summary.classes or []
     figures = (charts.loss_figure(snap.metrics), charts.accuracy_figure(snap.metrics),
-               charts.per_class_figure(last, classes), charts.confusion_figure(last, classes))
+               charts.per_class_figure(last, classes), charts.confusion_figure(last, classes),
+               charts.layer_signal_figure(epochs, "drift"), charts.layer_signal_figure(epochs, "grad_norm"))
     st.session_state["train_view"] = (moved, snap, figures)
     return snap, figures
 
@@ -202,13 +203,24 @@ def feature_cache_note(snap) -> None:
         st.caption(f":material/memory: Feature cache: {text}")
 
 
-def show_charts(figures) -> None:
+def show_charts(snap, figures) -> None:
     left, right = st.columns(2)
-    loss, accuracy, per_class, confusion = figures
+    loss, accuracy, per_class, confusion, drift, grad_norm = figures
     left.plotly_chart(loss, key="train_loss_chart", width="stretch")
     right.plotly_chart(accuracy, key="train_acc_chart", width="stretch")
     left.plotly_chart(per_class, key="train_class_chart", width="stretch")
     right.plotly_chart(confusion, key="train_confusion_chart", width="stretch")
+    epochs = snap.metrics.get("epochs", [])
+    if snap.done and not any("layers" in e for e in epochs):
+        return  # a run recorded before the engine measured layer signals
+    st.markdown("**Layer signals** — which stages did fine-tuning really change?")
+    left, right = st.columns(2)
+    left.plotly_chart(drift, key="train_drift_chart", width="stretch")
+    right.plotly_chart(grad_norm, key="train_grad_chart", width="stretch")
+    if snap.config.auto_rgn and epochs and "rgn_scale" in epochs[-1].get("layers", {}):
+        layers = epochs[-1]["layers"]
+        st.caption("Auto-RGN rate scale in the last epoch (the part's rate × this): " + ", ".join(
+            f"{g} {v:.2f}" for g, v in zip(layers["groups"], layers["rgn_scale"]) if v is not None))
 
 
 def audit_note(snap) -> None:
@@ -235,7 +247,7 @@ def live_view(run_id: str) -> None:
     run_outcome(snap)
     run_figures(snap)
     feature_cache_note(snap)
-    show_charts(figures)
+    show_charts(snap, figures)
     audit_note(snap)
     if snap.done and st.session_state.get("train_live") == run_id:
         st.session_state.pop("train_live")

@@ -213,6 +213,32 @@ def _mode_lines(config: RunConfig, has_bn: bool, has_sd: bool) -> list[str]:
     return lines + ["    return model", "", "", "train_mode(model)"]
 
 
+AUTO_RGN_LINES = [
+    "",
+    "# Auto-RGN (Lee et al., ICLR 2023): one group per tensor. In each epoch's first step, after loss.backward(),",
+    "# call scale_by_rgn(optimizer); at the epoch's end, restore_rates(optimizer) before any scheduler.step().",
+    "param_groups = [{\"params\": [p], \"lr\": g[\"lr\"]} for g in param_groups for p in g[\"params\"]]",
+    "",
+    "",
+    "@torch.no_grad()",
+    "def scale_by_rgn(optimizer):",
+    "    \"\"\"Each tensor's rate times its relative gradient norm ||grad|| / ||weight|| over the largest one.\"\"\"",
+    "    groups = [g for g in optimizer.param_groups if g[\"params\"][0].grad is not None]",
+    "    rgn = [(g[\"params\"][0].grad.norm() / g[\"params\"][0].norm()).item() for g in groups]",
+    "    top = max(r for r in rgn if r == r and r != float(\"inf\"))",
+    "    for g, r in zip(groups, rgn):",
+    "        g[\"unscaled_lr\"] = g[\"lr\"]",
+    "        g[\"lr\"] *= r / top if r == r and r != float(\"inf\") else 1.0  # an all-zero weight: full rate",
+    "",
+    "",
+    "def restore_rates(optimizer):",
+    "    for g in optimizer.param_groups:",
+    "        g[\"lr\"] = g.pop(\"unscaled_lr\", g[\"lr\"])",
+    "",
+    "",
+]
+
+
 def _optimizer_lines(config: RunConfig, head_path: str) -> list[str]:
     if config.optimizer == "sgd":
         make = "torch.optim.SGD(param_groups, lr=LR, momentum=0.9, weight_decay={wd!r})"
@@ -231,8 +257,10 @@ def _optimizer_lines(config: RunConfig, head_path: str) -> list[str]:
         f"        (head if name.startswith({head_path + '.'!r}) else backbone).append(p)",
         "param_groups = [g for g in ({\"params\": head, \"lr\": LR}, {\"params\": backbone, \"lr\": LR * BACKBONE_LR_MULT})",
         "                if g[\"params\"]]",
-        f"optimizer = {make.format(wd=config.weight_decay)}",
     ]
+    if config.auto_rgn:
+        lines += AUTO_RGN_LINES
+    lines.append(f"optimizer = {make.format(wd=config.weight_decay)}")
     if config.scheduler == "cosine":
         lines.append(f"scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max={max(1, config.epochs)})"
                      "  # step once per epoch")

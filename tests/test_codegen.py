@@ -10,7 +10,9 @@ from torchvision import models as tvm
 
 from core.codegen import attr_path, generate_code
 from core.config import RunConfig
-from core.freezing import param_groups, preset_frozen, set_frozen, set_train_mode
+from core.engine import build_optimizer
+from core.engine.signals import AutoRGN
+from core.freezing import preset_frozen, set_frozen, set_train_mode
 from core.models import build_model, build_skeleton
 
 NUM_CLASSES = 3
@@ -46,8 +48,8 @@ def check_against_core(config: RunConfig, namespace: dict, reference: torch.nn.M
     names = {id(p): n for n, p in model.named_parameters()}
     got = [({names[id(p)] for p in g["params"]}, g["lr"]) for g in optimizer.param_groups]
     ref_names = {id(p): n for n, p in reference.named_parameters()}
-    want = [({ref_names[id(p)] for p in g["params"]}, g["lr"])
-            for g in param_groups(reference, config.arch, config.lr, config.backbone_lr_mult)]
+    engine_optimizer, _ = build_optimizer(reference, config)  # what the engine trains with
+    want = [({ref_names[id(p)] for p in g["params"]}, g["lr"]) for g in engine_optimizer.param_groups]
     assert got == want
     assert optimizer.defaults["weight_decay"] == config.weight_decay
     # BatchNorm modes after the snippet's train_mode match core's set_train_mode
@@ -215,3 +217,21 @@ def test_run_snippet_names_the_runs_folder_so_it_works_from_anywhere(tmp_path, m
     monkeypatch.chdir(root)
     namespace, printed = run_snippet(code)
     assert torch.equal(namespace["model"].features[0].weight, trained.features[0].weight)
+
+
+def test_auto_rgn_snippet_scales_rates_as_the_engine_does():
+    config = config_for("resnet18", "full", auto_rgn=True)
+    namespace, _ = run_snippet(generate_code(config))
+    check_against_core(config, namespace)
+    model, optimizer = namespace["model"], namespace["optimizer"]
+    assert len(optimizer.param_groups) == len(list(model.parameters()))
+    torch.manual_seed(0)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
+    engine_groups = [{"name": "g", "tensor": str(i), "params": g["params"], "lr": g["lr"]}
+                     for i, g in enumerate(optimizer.param_groups)]
+    engine = AutoRGN(torch.optim.SGD(engine_groups, lr=1.0))
+    engine.after_backward(first_step=True)
+    namespace["scale_by_rgn"](optimizer)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([g["lr"] for g in engine.optimizer.param_groups])
+    namespace["restore_rates"](optimizer)
+    assert {g["lr"] for g in optimizer.param_groups} == {config.lr, config.lr * config.backbone_lr_mult}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
+from core.models import prepare_model
+from core.store import RunStore, resolve_weights
 from tests.test_inference import shared, trained_runs  # noqa: F401  (the shared tiny runs)
 from ui.services import get_manager
 
@@ -56,3 +61,36 @@ def test_one_run_only_and_none(at, shared):  # noqa: F811
     at.multiselect(key="compare_runs").set_value([]).run()
     assert not at.exception
     assert any("Pick two or more runs" in i.value for i in at.info)
+
+
+def drawn_heatmap(at, key: str) -> dict:
+    """The heat map the page drew under `key`: its rows, columns and cell texts."""
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith(key))
+    trace = json.loads(chart.proto.spec)["data"][0]
+    return {"rows": trace["y"], "columns": trace["x"], "text": trace["text"]}
+
+
+def test_which_parts_moved_matches_the_weights_themselves(at, shared):  # noqa: F811
+    """The drift map's numbers against the runs' stored weights and their rebuilt starting weights."""
+    drawn = drawn_heatmap(at, "compare_drift")
+    assert drawn["columns"] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    by_run = dict(zip(drawn["rows"], drawn["text"]))
+    assert by_run["head only"][:5] == ["frozen"] * 5  # its trunk never moved
+    # the full run started from a random init drawn with its seed: rebuild it, compare with what it saved
+    store = RunStore(shared["runs"])
+    record = store.load(shared["full"])
+    torch.manual_seed(record.config.seed)
+    start, _ = prepare_model("resnet18", 3, resolve_weights("none", "resnet18", runs_dir=shared["runs"]))
+    start = dict(start.named_parameters())
+    final = store.load_weights(shared["full"])
+    for part, cell in zip(drawn["columns"], by_run["full fine-tune"]):
+        names = [n for n in start if n == part or n.split(".")[0] in PARTS[part]]
+        moved = sum(float((final[n] - start[n].detach()).square().sum()) for n in names)
+        size = sum(float(start[n].detach().square().sum()) for n in names)
+        assert cell == f"{math.sqrt(moved / size):.2%}", part
+    one = drawn_heatmap(at, "compare_drift_epochs")
+    assert one["columns"] == ["epoch 1", "epoch 2"] and one["rows"] == drawn["columns"]
+
+
+PARTS = {"stem": ("conv1", "bn1"), "layer1": ("layer1",), "layer2": ("layer2",), "layer3": ("layer3",),
+         "layer4": ("layer4",), "head": ("fc",)}

@@ -1,5 +1,6 @@
 """AppTest for the Model page: pick a model, tick boxes, apply presets."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 from core.estimate import cost_profile, human_bytes, run_memory
-from ui.services import get_manager
+from core.jobs.probes import probe_key
+from tests.test_training import draw_folder
+from ui.services import get_manager, get_probes
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
 
@@ -25,7 +28,7 @@ def _isolated_dirs(tmp_path, monkeypatch):
 
 def open_page(arch="resnet18", **changes) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=60)
-    at.session_state["draft"] = RunConfig(arch=arch, num_classes=10, image_size=(64, 64), **changes)
+    at.session_state["draft"] = RunConfig(**({"arch": arch, "num_classes": 10, "image_size": (64, 64)} | changes))
     return at.run()
 
 
@@ -256,3 +259,44 @@ def test_ticking_every_box_by_hand_is_called_full_fine_tune_not_custom():
     at.session_state["tree_overview@0"] = {"edited_rows": edits, "added_rows": [], "deleted_rows": []}
     at.run()
     assert at.session_state["draft"].frozen == () and metric(at, "Strategy") == "Full fine-tune"
+
+
+def test_the_layer_signals_probe_its_column_and_the_top_stages(tmp_path):
+    folder = draw_folder(tmp_path / "shapes", per_class=6)
+    get_probes.clear()
+    try:
+        at = open_page(num_classes=3, dataset=str(folder), image_size=(32, 32), batch_size=8, weights="none")
+        assert "RGN" not in at.data_editor(key="tree_overview@0").value.columns  # nothing measured yet
+        at.button(key="rgn_probe").click().run()
+        assert not at.exception
+        deadline = time.time() + 180
+        while get_probes().state(probe_key(at.session_state["draft"].replace(frozen=()))).status == "running":
+            assert time.time() < deadline
+            time.sleep(0.2)
+        at.run()
+        signals = get_probes().state(probe_key(at.session_state["draft"])).signals
+        overview = at.data_editor(key="tree_overview@0").value
+        rgn = signals.group_rgn()
+        assert list(overview["RGN"][:5]) == pytest.approx([rgn[s] for s in ("stem", "layer1", "layer2", "layer3", "layer4")])
+        # the top 2 stages by the signal train, with the head; the draft says so
+        top = sorted(("stem", "layer1", "layer2", "layer3", "layer4"), key=rgn.get)[-2:]
+        at.number_input(key="rgn_top_k").set_value(2).run()
+        at.button(key="rgn_apply").click().run()
+        assert not at.exception
+        overview = at.data_editor(key=f"tree_overview@{at.session_state['tree_version']}").value
+        assert set(overview[overview["train"]]["layer"]) == {*top, "classifier"}
+        assert at.session_state["draft"].preset in ("custom", "last2")
+    finally:
+        get_probes().close()
+        get_probes.clear()
+
+
+def test_auto_rgn_trains_every_layer_and_a_preset_turns_it_off():
+    at = open_page(preset="head", frozen=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"))
+    at.toggle(key="model_auto_rgn").set_value(True).run()
+    assert not at.exception
+    assert at.session_state["draft"].auto_rgn and at.session_state["draft"].frozen == ()
+    assert metric(at, "Strategy") == "Auto-RGN" and trainable(at) == 11_181_642
+    at.button(key="preset_head").click().run()
+    assert not at.session_state["draft"].auto_rgn and at.session_state["draft"].preset == "head"
+    assert at.toggle(key="model_auto_rgn").value is False

@@ -1,5 +1,6 @@
 """AppTest for the Train page: start a tiny run, poll it to the end, stop another."""
 
+import json
 import math
 import re
 import time
@@ -61,6 +62,17 @@ def test_start_a_run_and_see_it_finish(folder):
     labels = [m.label for m in at.metric]
     assert "Validation accuracy" in labels and "Images / s" in labels
     assert any("Feature cache: on" in c.value for c in at.caption)
+    # the layer signals: a head-only run moved its head and nothing else, in each of its 2 epochs
+    drift = drawn_heatmap(at, "train_drift_chart")
+    assert drift["x"] == ["epoch 1", "epoch 2"] and drift["y"] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert [row[0] for row in drift["text"][:5]] == ["frozen"] * 5 and drift["text"][5][0].endswith("%")
+    recorded = get_manager().store.load(run_id).metrics["epochs"][-1]["layers"]
+    assert drift["text"][5][1] == f"{recorded['drift'][5]:.2%}"
+
+
+def drawn_heatmap(at, key: str) -> dict:
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith(key))
+    return json.loads(chart.proto.spec)["data"][0]
 
 
 def test_bad_hyper_parameters_are_a_message(folder):

@@ -14,8 +14,8 @@ from torch import nn
 from core.data import normalize
 from core.engine import Signals, build_optimizer, probe_rgn
 from core.engine.run import prepare_data
-from core.engine.signals import AutoRGN, LayerDrift, relative_norm, signal_groups
-from core.freezing import set_frozen
+from core.engine.signals import AutoRGN, LayerDrift, relative_norm
+from core.freezing import network_parts, set_frozen
 from core.jobs.probes import SignalProbes
 from core.models import build_model
 from core.store import RunStore
@@ -37,12 +37,12 @@ def folder(tmp_path_factory):
 
 def test_signal_groups_are_the_stages_then_the_head():
     resnet = build_model("resnet18", 3, weights="none")
-    groups = signal_groups(resnet, "resnet18")
+    groups = network_parts(resnet, "resnet18")
     assert list(groups) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     assert groups["head"] == ["fc.weight", "fc.bias"]
     assert groups["stem"] == ["conv1.weight", "bn1.weight", "bn1.bias"]
     assert sum(len(v) for v in groups.values()) == len(list(resnet.parameters()))
-    vgg = signal_groups(build_model("vgg11", 3, weights="none"), "vgg11")
+    vgg = network_parts(build_model("vgg11", 3, weights="none"), "vgg11")
     assert list(vgg)[-2:] == ["classifier", "head"]
     assert vgg["classifier"] == ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"]
 

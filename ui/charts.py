@@ -7,6 +7,8 @@ and long step series are thinned so a tick never ships thousands of points.
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 MAX_POINTS = 600  # per series sent to the browser on each tick
@@ -84,6 +86,52 @@ def confusion_figure(record: dict | None, classes: list[str]) -> go.Figure:
                         hovertemplate="true %{y}<br>predicted %{x}: %{z}<extra></extra>")
     return _layout(fig, "Confusion matrix (validation)", xaxis_title="predicted", yaxis_title="true",
                    yaxis_autorange="reversed")
+
+
+LAYER_SIGNALS = {
+    "drift": ("Weight drift ‖θ − θ₀‖ / ‖θ₀‖ per stage", "{:.2%}"),
+    "grad_norm": ("Gradient norm per stage (RMS over the epoch's steps)", "{:.3g}"),
+}
+
+
+def layer_signal_figure(epochs: list[dict], signal: str) -> go.Figure:
+    """Stage × epoch heat map of one layer signal from the epoch records' ``layers``.
+
+    The colour is log10 of the value (the new head moves orders of magnitude more than the trunk), the
+    text the value itself; a stage that did not train is blank and says "frozen".
+    """
+    title, fmt = LAYER_SIGNALS[signal]
+    records = [(e["epoch"], e["layers"]) for e in epochs if isinstance(e.get("layers"), dict)]
+    fig = go.Figure()
+    if records:
+        groups = records[-1][1]["groups"]
+        values = [[_value_in(layers, g, signal) for _, layers in records] for g in groups]
+        text = [["frozen" if v is None or v == 0 else fmt.format(v) for v in row] for row in values]
+        z = [[math.log10(v) if v else None for v in row] for row in values]
+        fig.add_heatmap(z=z, x=[f"epoch {epoch}" for epoch, _ in records], y=groups, text=text, texttemplate="%{text}",
+                        colorscale="Viridis", colorbar=dict(title="log10"),
+                        hovertemplate="%{y}, %{x}: %{text}<extra></extra>")
+    _layout(fig, title, yaxis_autorange="reversed")
+    return fig.update_layout(height=120 + 32 * (len(records[-1][1]["groups"]) if records else 4))
+
+
+def _value_in(layers: dict, group: str, signal: str) -> float | None:
+    values = dict(zip(layers.get("groups", []), layers.get(signal, [])))
+    return values.get(group)
+
+
+def drift_map_figure(table) -> go.Figure:
+    """Heat map of each run's final weight drift (rows: runs, columns: parts in forward order), log colour."""
+    fig = go.Figure()
+    if len(table):
+        values = table.to_numpy(dtype=float)
+        z = [[math.log10(v) if v > 0 else None for v in row] for row in values]
+        text = [["" if v != v else "frozen" if v == 0 else f"{v:.2%}" for v in row] for row in values]
+        fig.add_heatmap(z=z, x=list(table.columns), y=list(table.index), text=text, texttemplate="%{text}",
+                        colorscale="Viridis", colorbar=dict(title="log10"),
+                        hovertemplate="%{y}<br>%{x}: moved %{text} from its start<extra></extra>")
+    _layout(fig, "Which parts moved: weight drift ‖θ − θ₀‖ / ‖θ₀‖ at the last epoch", yaxis_autorange="reversed")
+    return fig.update_layout(height=110 + 45 * max(1, len(table)))
 
 
 # --------------------------------------------------------------------------- Classify and Compare pages

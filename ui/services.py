@@ -1,4 +1,4 @@
-"""Server-wide services the pages share: the one `JobManager`, and cached results of `core`.
+"""Server-wide services the pages share: the one `JobManager`, the probes, and cached results of `core`.
 
 Everything here is cached per server process (`st.cache_resource` for objects the sessions share
 read-only, `st.cache_data` for values copied into each session). Pages call these instead of
@@ -15,8 +15,10 @@ import streamlit as st
 from core import data
 from core.analysis import compare
 from core.analysis.inference import Classifier, load_imagenet_model, load_run_model
+from core.config import data_dir
 from core.estimate import CostProfile, cost_profile
 from core.jobs import JobManager
+from core.jobs.probes import SignalProbes
 from core.models import build_skeleton, checkpoint_report
 from core.store import RunStore, run_state_dict
 
@@ -31,6 +33,13 @@ def get_manager() -> JobManager:
     """The one job manager of this server process, shared by every browser session."""
     # Keep this factory trivial: editing it makes a new cache entry and orphans running threads.
     return JobManager(RunStore())
+
+
+@st.cache_resource(on_release=SignalProbes.close)
+def get_probes() -> SignalProbes:
+    """The layer-signal probes of this server process (results kept under the data folder)."""
+    manager = get_manager()
+    return SignalProbes(manager.store, data_dir() / ".cache" / "signals", manager.device, threads=manager.threads)
 
 
 @st.cache_resource(max_entries=16)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from core.engine import Signals
 from core.freezing import LayerTree, Stage
 from core.models import LoadReport
 
@@ -42,8 +43,9 @@ def _shape(shape) -> str:
     return "×".join(map(str, shape)) if shape else ""
 
 
-def overview_table(tree: LayerTree, groups: list[Group], frozen) -> tuple[pd.DataFrame, list[tuple[str, ...]]]:
-    """One row per group, and the paths each row's checkbox sets."""
+def overview_table(tree: LayerTree, groups: list[Group], frozen,
+                   signals: Signals | None = None) -> tuple[pd.DataFrame, list[tuple[str, ...]]]:
+    """One row per group, and the paths each row's checkbox sets; with `signals`, an RGN column."""
     per_node = dict(zip((n.path for n in tree.nodes), tree.trainable_per_node(frozen)))
     nodes = {n.path: n for n in tree.nodes}
     rows, targets = [], []
@@ -60,14 +62,17 @@ def overview_table(tree: LayerTree, groups: list[Group], frozen) -> tuple[pd.Dat
             "params": total,
             "trainable": trainable,
         })
+        if signals is not None:
+            rows[-1]["RGN"] = signals.rgn(signals.under(group.paths))
         targets.append(tuple(p for p in group.paths if nodes[p].total_params))
     return pd.DataFrame(rows), targets
 
 
 def group_table(
-    tree: LayerTree, group: Group, frozen, report: LoadReport | None = None
+    tree: LayerTree, group: Group, frozen, report: LoadReport | None = None, signals: Signals | None = None
 ) -> tuple[pd.DataFrame, list[tuple[str, ...]]]:
-    """One row per module inside `group` (indented by depth), and the path each row sets."""
+    """One row per module inside `group` (indented by depth), and the path each row sets; with `signals`,
+    an RGN column (each module's tensors as one vector)."""
     states = tree.states(frozen)
     per_node = tree.trainable_per_node(frozen)
     rows, targets = [], []
@@ -86,6 +91,8 @@ def group_table(
         }
         if report is not None:
             row["checkpoint"] = _checkpoint_mark(tree, node, report)
+        if signals is not None:
+            row["RGN"] = signals.rgn(signals.under([node.path]))
         rows.append(row)
         targets.append((node.path,) if node.total_params else ())
     return pd.DataFrame(rows), targets

@@ -36,7 +36,7 @@ from core.analysis.inference import (
 )
 from core.config import RunConfig
 from core.data import decode_images, load_dataset
-from core.freezing import model_structure, strategy_label
+from core.freezing import model_parts, model_structure, strategy_label
 from core.store import RunRecord, run_state_dict
 
 MiB = 2**20
@@ -150,37 +150,36 @@ def config_differences(records: Sequence[RunRecord], only_differences: bool = Tr
 def freezing_map(records: Sequence[RunRecord]) -> pd.DataFrame:
     """Trainable fraction per run (rows) and part of the network (columns, in forward order).
 
-    Parts are the architecture's stages (`core.freezing.stages`: "stem",
-    "layer1", ... or "block1", ...), then "classifier" (whatever lies between
-    the trunk and the head, when it has parameters) and "head". Runs of
-    different architectures share a column only where the part's name is the
-    same; other cells are NaN.
+    Parts are `core.freezing.network_parts`: the architecture's stages ("stem", "layer1", ... or
+    "block1", ...), then "classifier" (whatever lies between the trunk and the head, when it has
+    parameters) and "head". Runs of different architectures share a column only where the part's
+    name is the same; other cells are NaN.
     """
-    rows, columns = {}, []
+    rows = {}
     for label, r in zip(run_labels(records), records):
-        tree, trunk = model_structure(r.config.arch, r.config.num_classes)
-        mask = tree.frozen_mask(r.config.frozen)
-        parts: dict[str, list[int]] = {s.name: [] for s in trunk}
-        parts["classifier"], parts["head"] = [], []
-        for i, name in enumerate(tree.param_names):
-            owner = "classifier"
-            if name.startswith(tree.head + "."):
-                owner = "head"
-            else:
-                for s in trunk:
-                    if any(name.startswith(p + ".") for p in s.paths):
-                        owner = s.name
-                        break
-            parts[owner].append(i)
-        row = {}
-        for part, index in parts.items():
-            total = sum(tree.param_sizes[i] for i in index)
-            if not total:
-                continue
-            row[part] = sum(tree.param_sizes[i] for i in index if not mask[i]) / total
-            if part not in columns:
-                columns.append(part)
-        rows[label] = row
+        tree, _ = model_structure(r.config.arch, r.config.num_classes)
+        trains = dict(zip(tree.param_names, (not m for m in tree.frozen_mask(r.config.frozen))))
+        sizes = dict(zip(tree.param_names, tree.param_sizes))
+        rows[label] = {part: sum(sizes[n] for n in names if trains[n]) / sum(sizes[n] for n in names)
+                       for part, names in model_parts(r.config.arch, r.config.num_classes) if sum(sizes[n] for n in names)}
+    return _parts_frame(rows)
+
+
+def layer_drift(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """Each run's weight drift ‖θ − θ₀‖ / ‖θ₀‖ per part of the network at its last recorded epoch (rows:
+    runs, columns: parts in forward order, as `freezing_map`); runs recorded before the engine
+    measured drift are left out."""
+    rows = {}
+    for label, r in zip(run_labels(records), records):
+        layers = next((e["layers"] for e in reversed(_epochs(r)) if isinstance(e.get("layers"), dict)), None)
+        if layers:
+            rows[label] = dict(zip(layers.get("groups", []), layers.get("drift", [])))
+    return _parts_frame(rows)
+
+
+def _parts_frame(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Rows of {part: value} as one frame, columns in the order the parts first appear."""
+    columns = list(dict.fromkeys(part for row in rows.values() for part in row))
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
 
 

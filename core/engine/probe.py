@@ -23,8 +23,8 @@ from core.data import Preprocess
 from core.devices import amp_dtype
 from core.engine.loop import Feeder, Split
 from core.engine.run import prepare_data
-from core.engine.signals import relative_norm, signal_groups
-from core.freezing import set_frozen
+from core.engine.signals import relative_norm
+from core.freezing import network_parts, set_frozen
 from core.store import resolve_weights
 
 PROBE_BATCHES = 4  # batches of the run's batch size; the mean gradient over them is measured
@@ -40,7 +40,7 @@ class Signals:
     image_size: tuple[int, int]
     images: int  # training images the gradient was averaged over
     tensors: dict[str, tuple[float, float]]  # name -> (‖g‖², ‖θ‖²)
-    groups: dict[str, list[str]]  # `signal_groups`: the stages, the classifier's rest, the head
+    groups: dict[str, list[str]]  # `network_parts`: the stages, the classifier's rest, the head
 
     def rgn(self, names) -> float | None:
         """The relative gradient norm of `names` taken as one vector (None: no weight, or no such tensor)."""
@@ -82,7 +82,7 @@ def probe_rgn(config: RunConfig, *, device: torch.device, runs_dir: Path, batche
     tensors = {n: (float(p.grad.float().square().sum()) if p.grad is not None else 0.0, float(p.detach().float().square().sum()))
                for n, p in model.named_parameters()}
     return Signals(config.arch, config.weights, config.dataset, config.image_size, sum(len(b) for b in chosen), tensors,
-                   signal_groups(model, config.arch))
+                   network_parts(model, config.arch))
 
 
 def _accumulate_gradients(model, split: Split, batches, pre: Preprocess, device: torch.device, amp) -> None:

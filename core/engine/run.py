@@ -65,9 +65,9 @@ from core.engine.loop import (
     train_one_epoch,
 )
 from core.engine.optim import build_optimizer, build_scheduler
-from core.engine.signals import AutoRGN, LayerDrift, signal_groups
+from core.engine.signals import AutoRGN, LayerDrift
 from core.estimate import FeaturePlan, feature_budget, plan_features
-from core.freezing import Phase, param_counts, phase_plan, set_frozen, set_train_mode
+from core.freezing import Phase, network_parts, param_counts, phase_plan, set_frozen, set_train_mode
 from core.models import LoadReport, run_chain
 from core.store import resolve_weights
 from core.summary import RunStart, RunSummary
@@ -205,7 +205,7 @@ def prepare_network(config: RunConfig, device: torch.device, runs_dir: Path | No
     set_frozen(model, config.frozen)
     frozen_before = freeze_snapshot(model, config.bn_frozen_eval)  # CPU copies, for the audit at the end
     trainable, frozen = param_counts(model)
-    drift = LayerDrift(model, signal_groups(model, config.arch))  # its start copy: made on the CPU
+    drift = LayerDrift(model, network_parts(model, config.arch))  # its start copy: made on the CPU
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)

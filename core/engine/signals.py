@@ -6,8 +6,8 @@ or a stage counts its tensors as one vector, sqrt(Σ‖g‖²) / sqrt(Σ‖θ‖
 not outvoted by its small biases (`relative_norm`). The Model page's probe (`core.engine.probe`)
 measures it on a few batches without an update; `AutoRGN` trains with it.
 
-Layer drift: at each epoch's end, per signal group (the trunk's stages, then what the classifier
-holds besides its head, then the head), the relative change of the group's weights since the run
+Layer drift: at each epoch's end, per part of the network (`core.freezing.network_parts`: the
+trunk's stages, then what the classifier holds besides its head, then the head), the relative change of the group's weights since the run
 started, ‖θ − θ₀‖ / ‖θ₀‖, and the root mean square over the epoch's steps of the gradient norm of
 its trainable parameters (`LayerDrift`). θ₀ is a CPU copy of the trainable parameters only (frozen
 ones cannot move; the freeze audit checks), and the drift is computed on the CPU, so the device
@@ -22,27 +22,6 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import get_total_norm
-
-from core.models import arch_spec, stages
-
-HEAD, CLASSIFIER = "head", "classifier"
-
-
-def signal_groups(model: nn.Module, arch: str) -> dict[str, list[str]]:
-    """{group: parameter names} in forward order: each trunk stage (`core.models.stages`), then
-    "classifier" (what the classifier holds besides its head, when it holds anything), then "head".
-    Groups without parameters are left out."""
-    spec = arch_spec(arch)
-    prefixes = [(s.name, s.paths) for s in stages(model, arch)] + [(HEAD, (spec.head,))]
-    groups: dict[str, list[str]] = {name: [] for name, _ in prefixes[:-1]} | {CLASSIFIER: [], HEAD: []}
-    for name, _ in model.named_parameters():
-        group = next((g for g, paths in prefixes if any(_under(name, p) for p in paths)), CLASSIFIER)
-        groups[group].append(name)
-    return {g: names for g, names in groups.items() if names}
-
-
-def _under(name: str, path: str) -> bool:
-    return name == path or name.startswith(path + ".")
 
 
 def relative_norm(grad_sq: float, param_sq: float) -> float | None:
@@ -66,7 +45,7 @@ class LayerDrift:
     """
 
     def __init__(self, model: nn.Module, groups: dict[str, list[str]]) -> None:
-        """`groups`: {group: parameter names} (`signal_groups`); what trains now is what may move."""
+        """`groups`: {group: parameter names} (`network_parts`); what trains now is what may move."""
         params = dict(model.named_parameters())
         self.groups = groups
         self.params = params

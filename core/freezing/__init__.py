@@ -7,6 +7,7 @@ optimizer (`rules`), the presets (`presets`), the checks before training (`prefl
 frozen prefix the feature cache may skip (`prefix`).
 """
 
+from core.freezing.parts import CLASSIFIER, HEAD, model_parts, network_parts
 from core.freezing.phases import Phase, phase_plan
 from core.freezing.prefix import frozen_prefix
 from core.freezing.preflight import Check, preflight
@@ -39,8 +40,9 @@ from core.freezing.tree import (
 from core.models import Stage, stages
 
 __all__ = [
-    "PRESET_HELP", "PRESET_LABELS", "Check", "LayerNode", "LayerTree", "Phase", "Stage", "apply_preset", "frozen_complement",
-    "frozen_prefix", "frozen_stochastic_depth", "is_frozen_bn", "layer_tree", "model_structure", "output_shapes",
-    "param_counts", "param_groups", "phase_plan", "preflight", "preset_frozen", "preset_label", "preset_of", "presets_for",
-    "set_frozen", "set_train_mode", "stages", "strategy_label",
+    "CLASSIFIER", "HEAD", "PRESET_HELP", "PRESET_LABELS", "Check", "LayerNode", "LayerTree", "Phase", "Stage",
+    "apply_preset", "frozen_complement", "frozen_prefix", "frozen_stochastic_depth", "is_frozen_bn", "layer_tree",
+    "model_parts", "model_structure", "network_parts", "output_shapes", "param_counts", "param_groups", "phase_plan",
+    "preflight", "preset_frozen", "preset_label", "preset_of", "presets_for", "set_frozen", "set_train_mode", "stages",
+    "strategy_label",
 ]
