@@ -48,6 +48,7 @@ def stage_figure(signals: Signals):
                  title="Relative gradient norm per stage (log scale)")
     fig.update_traces(marker_color=["#8E9AAF" if g in (HEAD, CLASSIFIER) else "#2E6FD8" for g in rgn],
                       hovertemplate="%{x}: %{y:.3g}<extra></extra>")
+    fig.update_yaxes(dtick=1)  # one labelled tick per decade (plotly's default labels 2, 5 between them)
     return fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10))
 
 
@@ -92,4 +93,5 @@ def _answer(signals: Signals, trunk: list[Stage], model, cfg: RunConfig, on_choi
     trainable = [p for s in chosen for p in s.paths] + [arch_spec(cfg.arch).head]
     right.button(f"Train the top {int(k)} by RGN: {', '.join(s.name for s in chosen)} + head", key="rgn_apply",
                  icon=":material/done_all:", on_click=on_choice, args=(frozen_complement(model, trainable),))
-    st.caption(f"Measured on {signals.images} training images, from the weights `{signals.weights}`.")
+    source = {"none": "random initial weights", "imagenet": "the ImageNet weights"}.get(signals.weights, f"`{signals.weights}`")
+    st.caption(f"Measured on {signals.images} training images, from {source}.")
