@@ -52,11 +52,13 @@ class RunConfig:
     seed: int = 0  # split, head init, shuffling and augmentation: the same seed gives the same run
     precision: str = "auto"  # "auto": bf16 autocast on CUDA when supported, else fp32
     feature_cache: bool = True  # train on cached outputs of a frozen prefix when possible
+    share_features: tuple[str, ...] = ()  # steps whose outputs the feature pass also stores: sweep members share one pass
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so the config stays hashable and comparable.
         object.__setattr__(self, "frozen", tuple(self.frozen))
         object.__setattr__(self, "augment", tuple(self.augment))
+        object.__setattr__(self, "share_features", tuple(self.share_features))
         object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
 
     def validate(self) -> None:

@@ -9,10 +9,12 @@ import torch
 from torchvision.ops import StochasticDepth
 
 from core import files
+from core.config import SweepConfig
 from core.engine import FAULT_ENV
 from core.engine.features import prefix_fingerprint
 from core.freezing import frozen_prefix, preset_frozen, set_frozen, set_train_mode
 from core.models import build_model, build_skeleton, forward_chain, run_chain
+from core.sweeps import member_configs, plan
 from tests.test_training import CLASSES, config_for, draw_folder, run
 
 
@@ -138,6 +140,23 @@ def test_a_second_run_on_the_same_prefix_reads_the_features_from_disk(folder, tm
     assert again.summary.feature_cache["source"] == "disk"
     assert again_monitor.losses == first_monitor.losses
     assert torch.equal(again.state_dict["fc.weight"], first.state_dict["fc.weight"])
+
+
+def test_a_sweeps_first_member_stores_the_others_prefixes_in_one_pass(folder, tmp_path, monkeypatch):
+    """Surgical members share features: the head-only member's pass stores every shorter prefix the
+    others need, and each of them then trains exactly as it would on features it computed itself."""
+    sweep = SweepConfig(base=config_for(folder, "full", epochs=1), kind="surgical", stages=("layer2", "layer4"))
+    configs = {m.label: c for m, c in zip(plan(sweep), member_configs(sweep, plan(sweep)))}
+    assert configs["head"].share_features == ("layer1.1", "layer3.1", "flatten")  # what layer2, layer4, head start from
+    head, _ = run(configs["head"], tmp_path)
+    assert head.summary.feature_cache["source"] == "computed"
+    assert len(stored(tmp_path)) == 2 * 3  # train and val, at three boundaries, from one pass
+    shared, shared_monitor = run(configs["layer4"], tmp_path)
+    assert shared.summary.feature_cache["source"] == "disk"
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "alone"))  # an empty cache
+    alone, alone_monitor = run(configs["layer4"].replace(share_features=()), tmp_path)
+    assert alone.summary.feature_cache["source"] == "computed"
+    assert shared_monitor.losses == alone_monitor.losses
 
 
 def test_timings_add_up_to_the_run(folder, tmp_path):

@@ -316,7 +316,7 @@ def test_padded_batches_without_autograd_give_the_same_results():
     assert a["confusion"] == b["confusion"] and a["val_acc"] == b["val_acc"]
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     prefix = forward_chain(model, "resnet18")[:8]  # up to layer2.1
-    fa, fb = (compute_features(prefix, split, loop).x for loop in (plain, padded))
+    fa, fb = (compute_features(prefix, split, loop)[0].x for loop in (plain, padded))
     assert fa.shape == fb.shape == (13, 128, 4, 4)
     assert torch.allclose(fa, fb, atol=1e-5)
 

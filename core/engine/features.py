@@ -7,6 +7,9 @@ no trainable parameter and behaves the same in train and eval mode is a fixed fu
 (`core.freezing.frozen_prefix`). Without augmentation the engine computes its output once per image
 and trains only the remaining steps on those features (`core.estimate.plan_features` decides).
 
+A run may also store the outputs of shorter prefixes it passes on the way (`config.share_features`):
+a sweep's members, whose frozen prefixes end at different stages, then share one pass over the data.
+
 The features are also kept on disk (`load_features` / `save_features`, under
 ``data_dir()/.cache``), so a later run that shares the prefix and the data
 (another head, learning rate, optimizer or number of epochs; for VGG the
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -33,7 +37,6 @@ from core.data import Preprocess
 from core.engine.events import RunCancelled
 from core.engine.loop import Loop, Split
 from core.files import load_tensor, save_tensor
-from core.models import run_chain
 
 FEATURES_VERSION = 1  # bump when what a stored feature tensor means changes
 
@@ -79,38 +82,51 @@ def save_features(cache_dir: Path, key: str, features: Tensor) -> bool:
     return save_tensor(feature_path(cache_dir, key), features)
 
 
-def compute_features(prefix: list[tuple[str, nn.Module]], split: Split, loop: Loop) -> Split:
-    """The prefix's output for every image of a split, in the run's precision, kept on the device.
+def compute_features(prefix: list[tuple[str, nn.Module]], split: Split, loop: Loop,
+                     keep: Sequence[int] = ()) -> tuple[Split, dict[int, Tensor]]:
+    """The prefix's output for every image of a split, in the run's precision, kept on the device;
+    and, for each length k in `keep`, the output of the first k steps of the same pass (on the CPU).
 
     Runs under `no_grad` rather than `inference_mode`: inference tensors could
     not be saved for the backward pass of the trainable tail that reads them.
     The prefix's modules are in eval mode here (and behave the same in training
     mode, which is what made them a prefix).
     """
-    out = None
+    out, kept = None, {k: [] for k in keep}
     with torch.no_grad():
         for idx, real in loop.no_grad_batches(len(split)):
             if loop.monitor.should_stop():
                 raise RunCancelled("stopped while computing the feature cache")
-            x = loop.inputs(split, idx, features=False, train=False)
+            f = loop.inputs(split, idx, features=False, train=False)
             with loop.autocast():
-                f = run_chain(prefix, x)[:real]
+                for length, (_, step) in enumerate(prefix, start=1):
+                    f = step(f)
+                    if length in kept:
+                        kept[length].append(f[:real].cpu())
+            f = f[:real]
             if out is None:
                 out = torch.empty((len(split), *f.shape[1:]), dtype=f.dtype, device=f.device)
             start = int(idx[0])
             out[start:start + real] = f
-    return Split(out.contiguous(), split.y)
+    return Split(out.contiguous(), split.y), {k: torch.cat(parts) for k, parts in kept.items()}
 
 
 def prefix_features(
     prefix: list[tuple[str, nn.Module]], split: Split, loop: Loop, *, cache_dir: Path, key: str,
-    shape: tuple[int, ...],
+    shape: tuple[int, ...], share: dict[int, str] | None = None,
 ) -> tuple[Split, str]:
     """One split's prefix features (one image's are of `shape`) and where they came from: "disk"
-    (an earlier run stored them under `key`) or "computed" (then stored under `key` for later runs)."""
+    (an earlier run stored them under `key`) or "computed" (then stored under `key` for later runs).
+
+    `share` ({length: key}): shorter prefixes whose outputs the same pass stores too, for other runs
+    (a sweep's members: one pass over the data for every boundary they need).
+    """
     stored = load_features(cache_dir, key, (len(split), *shape))
     if stored is not None:
         return Split(stored.to(loop.feeder.device), split.y), "disk"
-    features = compute_features(prefix, split, loop)
+    share = {k: v for k, v in (share or {}).items() if not feature_path(cache_dir, v).exists()}
+    features, kept = compute_features(prefix, split, loop, keep=list(share))
     save_features(cache_dir, key, features.x)
+    for length, tensor in kept.items():
+        save_features(cache_dir, share[length], tensor)
     return features, "computed"

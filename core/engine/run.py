@@ -31,6 +31,7 @@ Timings
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ from core.engine.loop import (
 )
 from core.engine.optim import build_optimizer, build_scheduler
 from core.engine.signals import AutoRGN, LayerDrift
-from core.estimate import FeaturePlan, feature_budget, plan_features
+from core.estimate import FeaturePlan, feature_budget, feature_shape, plan_features
 from core.freezing import Phase, network_parts, param_counts, phase_plan, set_frozen, set_train_mode
 from core.models import LoadReport, run_chain
 from core.store import resolve_weights
@@ -236,7 +237,7 @@ def start_facts(config: RunConfig, data: RunData, network: RunNetwork, state: Ph
     )
 
 
-def phase_inputs(network: RunNetwork, data: RunData, state: PhaseState, loop: Loop,
+def phase_inputs(network: RunNetwork, config: RunConfig, data: RunData, state: PhaseState, loop: Loop,
                  features: FeatureCache) -> tuple[dict[str, Split], Callable[[Tensor], Tensor]]:
     """The splits the phase trains on and the function it trains: the images and the whole model, or
     the prefix's features (computed, or read from disk, in the phase's first epoch) and the tail."""
@@ -247,12 +248,12 @@ def phase_inputs(network: RunNetwork, data: RunData, state: PhaseState, loop: Lo
     network.model.eval()
     prefix = network.chain[: plan.length]
     if any((name, plan.prefix) not in features.features for name in data.splits):
-        fingerprint = prefix_fingerprint(prefix)
+        fingerprints = {k: prefix_fingerprint(network.chain[:k]) for k in [plan.length, *shared_lengths(network, config, plan, data, loop)]}
         sources = []
         for name, split in data.splits.items():
-            key = feature_key(data.keys[name], data.pre, fingerprint, loop.amp_dtype, loop.feeder.device)
+            keys = {k: feature_key(data.keys[name], data.pre, f, loop.amp_dtype, loop.feeder.device) for k, f in fingerprints.items()}
             features.features[(name, plan.prefix)], source = prefix_features(
-                prefix, split, loop, cache_dir=features.cache_dir, key=key, shape=plan.shape)
+                prefix, split, loop, cache_dir=features.cache_dir, key=keys.pop(plan.length), shape=plan.shape, share=keys)
             sources.append(source)
         plan.source = "disk" if set(sources) == {"disk"} else "computed"
     spent = time.perf_counter() - t_build
@@ -262,12 +263,29 @@ def phase_inputs(network: RunNetwork, data: RunData, state: PhaseState, loop: Lo
     return {name: features.features[(name, plan.prefix)] for name in data.splits}, lambda x: run_chain(tail, x)
 
 
+def shared_lengths(network: RunNetwork, config: RunConfig, plan: FeaturePlan, data: RunData, loop: Loop) -> list[int]:
+    """The shorter prefixes (as numbers of steps) whose outputs this run's feature pass also stores:
+    the steps of `config.share_features` it passes, deepest first, while their features together fit
+    the feature budget (they are gathered on the host during the pass)."""
+    names = [name for name, _ in network.chain[: plan.length - 1]]
+    lengths = sorted((names.index(n) + 1 for n in config.share_features if n in names), reverse=True)
+    budget, images = feature_budget(torch.device("cpu")), max(len(s) for s in data.splits.values())
+    chosen = []
+    for length in lengths:
+        need = math.prod(feature_shape(config.arch, config.num_classes, config.image_size, length)) * images * \
+            (loop.amp_dtype.itemsize if loop.amp_dtype else 4)
+        if need <= budget:
+            chosen.append(length)
+            budget -= need
+    return chosen
+
+
 def run_epoch(network: RunNetwork, config: RunConfig, data: RunData, state: PhaseState, loop: Loop,
               features: FeatureCache, epoch: int, shuffle: torch.Generator) -> dict:
     """One epoch: train, evaluate, step the scheduler; returns the epoch's record (see `Monitor.on_epoch`).
     In a phase's first epoch with the feature cache, the time includes building it."""
     t_epoch = time.perf_counter()
-    inputs, forward = phase_inputs(network, data, state, loop, features)
+    inputs, forward = phase_inputs(network, config, data, state, loop, features)
     set_train_mode(network.model, config.bn_frozen_eval)
     lr = {g["name"]: g["lr"] for g in state.optimizer.param_groups}  # per named group (Auto-RGN: before scaling)
     hooks = [network.drift.after_backward] + ([state.auto_rgn.after_backward] if state.auto_rgn else [])

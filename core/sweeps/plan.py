@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from core.config import AUTO_RGN, MAX_SWEEP_MEMBERS, RunConfig, SweepConfig
-from core.freezing import frozen_complement, preset_frozen
-from core.models import arch_spec, build_skeleton, stages
+from core.estimate import plan_feature_cache
+from core.freezing import frozen_complement, preset_frozen, set_frozen, set_train_mode
+from core.models import arch_spec, build_skeleton, forward_chain, stages
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,21 @@ def member_config(sweep: SweepConfig, member: Member) -> RunConfig:
     """The `RunConfig` a member trains."""
     return sweep.base.replace(frozen=member.strategy.frozen, preset=member.strategy.preset, lr=member.lr,
                               seed=member.seed, auto_rgn=member.strategy.auto_rgn)
+
+
+def member_configs(sweep: SweepConfig, members: list[Member], model: nn.Module | None = None) -> list[RunConfig]:
+    """Every member's `RunConfig`, each told to store the features of every other member's frozen
+    prefix that its own feature pass goes through (`RunConfig.share_features`): the first member with
+    the longest prefix (the head-only one, first in every kind's order) computes them all in one pass
+    over the data, and the others read theirs from disk."""
+    configs = [member_config(sweep, m) for m in members]
+    model = model if model is not None else build_skeleton(sweep.base.arch, sweep.base.num_classes)
+    ends = set()
+    for config in dict.fromkeys(configs):
+        set_frozen(model, config.frozen)
+        set_train_mode(model, config.bn_frozen_eval)
+        if (cache := plan_feature_cache(forward_chain(model, config.arch), config)).used:
+            ends.add(cache.prefix)
+    set_frozen(model, ())
+    shared = tuple(name for name, _ in forward_chain(model, sweep.base.arch) if name in ends)
+    return [c.replace(share_features=shared) for c in configs]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from core.config import RunConfig, SweepConfig
 from core.jobs import JobManager, check_runnable
 from core.store import RunStore, SweepRecord, SweepStore
-from core.sweeps.plan import Member, member_config, plan
+from core.sweeps.plan import Member, member_configs, plan
 from core.sweeps.report import SweepReport, sweep_report
 
 
@@ -24,7 +24,7 @@ def checked_members(sweep: SweepConfig, store: RunStore) -> list[tuple[Member, R
     """The sweep's members and their configs, every config checked (`check_runnable`); `ValueError`
     for the user when the sweep or any member cannot run."""
     members = plan(sweep)
-    configs = [member_config(sweep, m) for m in members]
+    configs = member_configs(sweep, members)
     for config in dict.fromkeys(configs):
         check_runnable(config, store)
     return list(zip(members, configs))
