@@ -13,7 +13,7 @@ from torch import nn
 
 from core.data import normalize
 from core.engine import Signals, build_optimizer, probe_rgn
-from core.engine.run import prepare_data
+from core.engine.inputs import prepare_data
 from core.engine.signals import AutoRGN, LayerDrift, relative_norm
 from core.freezing import network_parts, set_frozen
 from core.jobs.probes import SignalProbes

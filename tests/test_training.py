@@ -23,6 +23,7 @@ from core.engine.augment import (
     random_flip,
     random_resized_crop,
 )
+from core.engine.inputs import Shipped, decode_dataset, shipped_weights, split_index
 from core.engine.loop import batch_slices
 from core.freezing import is_frozen_bn, preset_frozen, set_frozen
 from core.jobs import RunCancelled
@@ -378,3 +379,19 @@ def test_a_class_without_validation_images_has_no_accuracy_not_zero(tmp_path):
     assert all(a is not None for a in acc[:2])
     confusion = rec.epochs[-1]["confusion"]
     assert summary.val_acc == pytest.approx((confusion[0][0] + confusion[1][1]) / 4)
+
+
+def test_a_run_on_shipped_inputs_trains_as_the_run_that_reads_them(folder, tmp_path):
+    """What a Ray member gets (the dataset decoded once, its split, its weights) trains to the same bits."""
+    config = config_for(folder, "head", seed=3, epochs=1)
+    local, local_monitor = run(config, tmp_path)
+    decoded = decode_dataset(config)
+    shipped = Shipped(decoded, split_index(config, decoded), shipped_weights(config, tmp_path / "runs"))
+    remote_monitor = Recorder()
+    remote = train(config, remote_monitor, device=CPU, shipped=shipped)
+    assert remote_monitor.losses == local_monitor.losses
+    assert torch.equal(remote.state_dict["fc.weight"], local.state_dict["fc.weight"])
+    assert remote.summary.val_acc == local.summary.val_acc
+    assert len(decoded.paths) == remote.summary.train_size + remote.summary.val_size
+    other_seed = split_index(config.replace(seed=4), decoded)
+    assert other_seed.index["val"] != shipped.split.index["val"]  # the seed draws the split; the images stay

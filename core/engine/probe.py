@@ -21,8 +21,8 @@ from core import models
 from core.config import RunConfig
 from core.data import Preprocess
 from core.devices import amp_dtype
+from core.engine.inputs import prepare_data
 from core.engine.loop import Feeder, Split
-from core.engine.run import prepare_data
 from core.engine.signals import relative_norm
 from core.freezing import network_parts, set_frozen
 from core.store import resolve_weights

@@ -44,25 +44,18 @@ from core import models
 from core.config import RunConfig
 from core.config import data_dir as default_data_dir
 from core.config import runs_dir as default_runs_dir
-from core.data import (
-    Preprocess,
-    decode_images,
-    decode_key,
-    load_dataset,
-    preprocess_for,
-)
 from core.devices import amp_dtype, peak_memory, pick_device
 from core.engine.audit import freeze_audit, freeze_snapshot
 from core.engine.events import Monitor, TrainResult
 from core.engine.faults import with_faults
 from core.engine.features import feature_key, prefix_features, prefix_fingerprint
+from core.engine.inputs import RunData, Shipped, place_data, prepare_data
 from core.engine.loop import (
     Feeder,
     Loop,
     Split,
     batch_slices,
     evaluate,
-    place,
     train_one_epoch,
 )
 from core.engine.optim import build_optimizer, build_scheduler
@@ -72,17 +65,6 @@ from core.freezing import Phase, network_parts, param_counts, phase_plan, set_fr
 from core.models import LoadReport, run_chain
 from core.store import resolve_weights
 from core.summary import RunStart, RunSummary
-
-
-@dataclass
-class RunData:
-    """A run's dataset as the loops read it: uint8 images on the device (or pinned), labels, keys."""
-
-    classes: list[str]
-    pre: Preprocess
-    splits: dict[str, Split]  # "train", "val"
-    keys: dict[str, str]  # each split's decoded-images key (`decode_key`), which names its stored features
-    skipped: int  # image files the dataset left out
 
 
 @dataclass
@@ -119,8 +101,9 @@ class FeatureCache:
 
 
 def train(config: RunConfig, monitor: Monitor, *, device: torch.device | None = None,
-          runs_dir: Path | None = None) -> TrainResult:
-    """Train one run as `config` says, reporting to `monitor`; see the module docstring.
+          runs_dir: Path | None = None, shipped: Shipped | None = None) -> TrainResult:
+    """Train one run as `config` says, reporting to `monitor`; see the module docstring. `shipped`:
+    the dataset and weights made by another machine (`core.engine.inputs`), instead of reading them.
 
     Raises `RunCancelled` when the monitor asks to stop, `DatasetError` / `CheckpointError` /
     `ValueError` for bad input (their message is for the user), `DivergedError` when the loss stops
@@ -131,9 +114,9 @@ def train(config: RunConfig, monitor: Monitor, *, device: torch.device | None = 
     monitor = with_faults(monitor)
     device = _set_up(device)
     amp = amp_dtype(config.precision, device)
-    data = prepare_data(config, device)
+    data = prepare_data(config, device) if shipped is None else place_data(shipped, device)
     timings = {"data_s": time.perf_counter() - t_start}
-    network = prepare_network(config, device, runs_dir)
+    network = prepare_network(config, device, runs_dir, shipped.weights if shipped else None)
     timings["model_s"] = time.perf_counter() - t_start - timings["data_s"]
     loop = Loop(monitor, Feeder(device, data.pre, tuple(config.augment), torch.Generator(device=device).manual_seed(
         config.seed + 1)), amp, config.batch_size, pad_batches=device.type == "cuda")
@@ -175,33 +158,13 @@ def _set_up(device: torch.device | None) -> torch.device:
     return device
 
 
-def prepare_data(config: RunConfig, device: torch.device) -> RunData:
-    """The dataset decoded once (cached on disk) and placed on the device; `ValueError` for a dataset
-    that does not fit the run's head or lacks a split."""
-    dataset = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
-    if len(dataset.classes) != config.num_classes:
-        raise ValueError(
-            f"The dataset {config.dataset!r} has {len(dataset.classes)} classes but the run's head has "
-            f"{config.num_classes}; set num_classes to {len(dataset.classes)}."
-        )
-    if not dataset.train or not dataset.val:
-        raise ValueError(f"The dataset {config.dataset!r} needs images in both the training and the validation split.")
-    pre = preprocess_for(config.arch, config.weights, config.image_size)
-    splits, keys = {}, {}
-    for name, samples in (("train", dataset.train), ("val", dataset.val)):
-        paths = [s.path for s in samples]
-        keys[name] = decode_key(paths, pre)
-        x = decode_images(paths, pre, key=keys[name])
-        y = torch.tensor([s.label for s in samples], dtype=torch.long, device=device)
-        splits[name] = Split(place(x, device), y)
-    return RunData(list(dataset.classes), pre, splits, keys, len(dataset.skipped))
-
-
-def prepare_network(config: RunConfig, device: torch.device, runs_dir: Path | None) -> RunNetwork:
-    """The model from the run's starting weights (an earlier run's through the store), frozen as
-    configured, snapshotted for the audit, on the device."""
+def prepare_network(config: RunConfig, device: torch.device, runs_dir: Path | None,
+                    weights: str | models.Checkpoint | None = None) -> RunNetwork:
+    """The model from the run's starting weights (`weights` when given, else an earlier run's through
+    the store, or the config's), frozen as configured, snapshotted for the audit, on the device."""
     torch.manual_seed(config.seed)  # the new head's (or a random model's) init, then dropout
-    weights = resolve_weights(config.weights, config.arch, runs_dir=runs_dir or default_runs_dir())
+    if weights is None:
+        weights = resolve_weights(config.weights, config.arch, runs_dir=runs_dir or default_runs_dir())
     model, report = models.prepare_model(config.arch, config.num_classes, weights)
     set_frozen(model, config.frozen)
     frozen_before = freeze_snapshot(model, config.bn_frozen_eval)  # CPU copies, for the audit at the end
