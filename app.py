@@ -5,7 +5,8 @@ import os
 import streamlit as st
 
 from core.devices import describe_device
-from ui.services import get_manager
+from core.jobs.ray_cluster import ClusterError
+from ui.services import get_cluster, get_manager
 from ui.session import keep_tab_in_url
 
 st.set_page_config(page_title="Freeze Lab", page_icon=":material/ac_unit:", layout="wide")
@@ -31,5 +32,14 @@ with st.sidebar:
                     help="One core is left to this web server and its viewers; set FREEZE_LAB_TRAIN_THREADS to change it.")
     else:
         st.markdown(f"**Compute device**  \n{describe_device(manager.device)}")
+    if (cluster := get_cluster()) is not None:
+        try:
+            info = cluster.info()
+        except ClusterError as exc:
+            st.error(f"**Ray cluster**  \n{exc} Sweeps wait for it: none starts until it answers.",
+                     icon=":material/cloud_off:")
+        else:
+            st.markdown(f"**Ray cluster** for sweeps  \n`{info.address}`: {info.nodes} node{'s' * (info.nodes != 1)}, "
+                        f"{info.cpus:g} CPUs, {info.gpus_free:g} of {info.gpus:g} GPUs free")
 
 page.run()

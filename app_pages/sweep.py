@@ -12,10 +12,11 @@ from core.models import arch_spec, build_skeleton, stages
 from core.store import ACTIVE, SweepStore
 from core.sweeps import plan, stop_sweep, submit_sweep, sweep_state, within_error
 from ui import charts
-from ui.services import get_manager
+from ui.services import get_cluster, get_manager
 from ui.session import dataset_sizes, draft, session_owner, update_draft
 
 manager = get_manager()
+cluster = get_cluster()  # None unless FREEZE_LAB_RAY_ADDRESS names a Ray cluster
 sweeps = SweepStore(manager.store)
 cfg = draft()
 LIVE_EVERY_S = 2.0
@@ -27,8 +28,8 @@ KIND_HELP = {
 }
 
 st.title("Sweep")
-st.caption("Which layers should you fine-tune? A sweep trains your draft once per strategy and seed, "
-           "one run after another on this device, and answers with means and standard errors.")
+st.caption("Which layers should you fine-tune? A sweep trains your draft once per strategy and seed (on this "
+           "device, or on a Ray cluster when one is configured) and answers with means and standard errors.")
 
 
 def parse_rates(text: str) -> tuple[float, ...]:
@@ -75,10 +76,13 @@ def sweep_form() -> None:
     except ValueError as exc:
         st.error(str(exc), icon=":material/error:")
         return
-    st.markdown(f"**{len(members)} runs** of {cfg.epochs} epochs. " + time_estimate(len(members)))
+    where = (f"side by side on the Ray cluster at `{cluster.address}`, {cluster.gpus_per_member:g} GPU each"
+             if cluster is not None else "one after another on this device")
+    st.markdown(f"**{len(members)} runs** of {cfg.epochs} epochs, {where}. " + time_estimate(len(members)))
     if st.button("Start the sweep", type="primary", icon=":material/play_arrow:", key="sweep_start"):
-        try:
-            sweep_id = submit_sweep(manager, sweep, owner=session_owner(), name=name or None)
+        try:  # on the cluster when one is configured (ClusterError, a ValueError, when it does not answer)
+            runner = cluster.executor() if cluster is not None else manager
+            sweep_id = submit_sweep(runner, sweep, owner=session_owner(), name=name or None)
         except ValueError as exc:
             st.error(str(exc), icon=":material/error:")
         else:
@@ -121,6 +125,16 @@ def answer(report) -> None:
         st.toast(f"The draft now trains what `{cheap.label}` trains.", icon=":material/check:")
 
 
+def stop_everywhere(record) -> None:
+    """Stop the sweep's members, on this machine's queue and on the cluster (each knows its own)."""
+    stop_sweep(manager, record)
+    if cluster is not None:
+        try:
+            stop_sweep(cluster.executor(), record)
+        except ValueError:
+            pass  # the cluster does not answer: it runs none of them for this app
+
+
 def live_sweep(sweep_id: str) -> None:
     record = sweeps.load(sweep_id)
     report = sweep_state(manager.store, record)
@@ -128,8 +142,8 @@ def live_sweep(sweep_id: str) -> None:
     st.subheader(f"{record.name}")
     st.progress(done / len(report.members), text=f"{done} of {len(report.members)} runs ended")
     if not report.done:  # a callback: the cancel happens before the next run of this fragment
-        st.button("Stop the sweep", icon=":material/stop:", key="sweep_stop", on_click=stop_sweep, args=(manager, record))
-    table = pd.DataFrame([{"strategy": m.label, "seed": m.seed, "lr": m.lr, "status": m.status,
+        st.button("Stop the sweep", icon=":material/stop:", key="sweep_stop", on_click=stop_everywhere, args=(record,))
+    table = pd.DataFrame([{"strategy": m.label, "seed": m.seed, "lr": m.lr, "status": m.status, "where": m.where,
                            "epochs": m.epochs_done, "val acc": m.val_acc, "run": m.run_id} for m in report.members])
     st.dataframe(table, hide_index=True, width="stretch", key="sweep_members",
                  column_config={"val acc": st.column_config.NumberColumn(format="percent")})

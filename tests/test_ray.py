@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 import torch
+from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig, SweepConfig
 from core.jobs import JobManager
@@ -20,8 +22,8 @@ from core.jobs.ray_cluster import RUNTIME_ENV, ClusterError, RayExecutor, cluste
 from core.store import CANCELLED, FAILED, FINISHED, RunStore, SweepStore
 from core.sweeps import stop_sweep, submit_sweep
 from tests.test_training import draw_folder
+from ui.services import get_cluster, get_manager
 
-ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240
 
@@ -142,3 +144,55 @@ def test_the_command_line_on_ray_prints_the_same_json(folder, tmp_path):
     here, on_ray = sweep_json(), sweep_json("--ray-address", "local")
     assert comparable(on_ray) == comparable(here)
     assert {m["status"] for m in on_ray["members"]} == {"finished"}
+
+
+# --- the app ----------------------------------------------------------------------------------------------
+
+SWEEP_PAGE = str(ROOT / "app_pages" / "sweep.py")
+
+
+@pytest.fixture
+def app_env(local_ray, tmp_path, monkeypatch):
+    """The app's services on this test's folders, with the cluster that FREEZE_LAB_RAY_ADDRESS will name."""
+    monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
+    get_manager.clear()
+    get_cluster.clear()
+    yield monkeypatch
+    get_cluster.clear()  # shuts its executor down
+    get_manager().shutdown(wait=True, timeout=30)
+    get_manager.clear()
+
+
+def sweep_page(folder):
+    at = AppTest.from_file(SWEEP_PAGE, default_timeout=60)
+    at.session_state["owner"] = "0123456789ab"
+    at.session_state["draft"] = RunConfig(arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32),
+                                          epochs=1, batch_size=8)
+    at.run()
+    at.multiselect(key="sweep_stages").set_value(["layer4"]).run()
+    return at
+
+
+def test_the_sweep_page_sends_a_sweep_to_the_cluster_and_shows_where_members_ran(app_env, folder):
+    app_env.setenv("FREEZE_LAB_RAY_ADDRESS", "local")
+    at = sweep_page(folder)
+    assert any("side by side on the Ray cluster at `local`" in m.value for m in at.markdown)
+    at.button(key="sweep_start").click().run()
+    assert not at.exception
+    [record] = SweepStore(get_cluster().store).list()
+    for run_id in record.run_ids:
+        assert get_cluster().executor().wait(run_id, TIMEOUT) == FINISHED
+    at.run()
+    [table] = [d.value for d in at.dataframe if "strategy" in d.value.columns]
+    assert list(table["strategy"]) == ["head", "layer4", "full"] and set(table["status"]) == {FINISHED}
+    assert all(w.endswith(" · CPU") and not w.startswith("this machine") for w in table["where"])
+
+
+def test_an_unreachable_cluster_is_a_message_on_the_page_and_no_sweep_starts(app_env, folder):
+    app_env.setenv("FREEZE_LAB_RAY_ADDRESS", "127.0.0.1:9")
+    at = sweep_page(folder)
+    at.button(key="sweep_start").click().run()
+    assert not at.exception
+    assert any("Cannot reach the Ray cluster at '127.0.0.1:9'" in e.value for e in at.error)
+    assert get_manager().store.list() == [] and SweepStore(get_manager().store).list() == []

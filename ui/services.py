@@ -7,6 +7,7 @@ decorating `core` functions themselves, so each cache has one definition and one
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ from core.config import data_dir
 from core.estimate import CostProfile, cost_profile
 from core.jobs import JobManager
 from core.jobs.probes import SignalProbes
+from core.jobs.ray_cluster import ADDRESS_ENV, GPUS_ENV, ClusterLink
 from core.models import build_skeleton, checkpoint_report
 from core.store import RunStore, run_state_dict
 
@@ -33,6 +35,15 @@ def get_manager() -> JobManager:
     """The one job manager of this server process, shared by every browser session."""
     # Keep this factory trivial: editing it makes a new cache entry and orphans running threads.
     return JobManager(RunStore())
+
+
+@st.cache_resource(on_release=lambda link: link and link.close())
+def get_cluster() -> ClusterLink | None:
+    """The Ray cluster sweeps run on, when `FREEZE_LAB_RAY_ADDRESS` names one (joined on first use)."""
+    address = os.environ.get(ADDRESS_ENV, "").strip()
+    if not address:
+        return None
+    return ClusterLink(get_manager().store, address, float(os.environ.get(GPUS_ENV, "1")))
 
 
 @st.cache_resource(on_release=SignalProbes.close)

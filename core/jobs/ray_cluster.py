@@ -44,6 +44,7 @@ from core.store import RunStore
 from core.summary import RunSummary
 
 ADDRESS_ENV = "FREEZE_LAB_RAY_ADDRESS"  # "auto", "ray://host:10001", "host:6379", or "local"
+GPUS_ENV = "FREEZE_LAB_RAY_GPUS_PER_MEMBER"  # GPUs each member asks for in the app (default 1; 0.5 shares one)
 LOCAL = "local"  # a Ray instance started inside this process, for trying it out
 POLL_S = 0.2  # how often a waiting member's thread drains the relay and looks at its stop request
 STOP_CHECK_S = 0.1  # a member asks the relay whether to stop at most this often (one batch or less)
@@ -314,3 +315,40 @@ class RayExecutor:
         finally:
             with self._lock:
                 self._monitors.pop(run_id, None)
+
+
+class ClusterLink:
+    """The app's link to the cluster it is configured with: the executor once joined, else why not.
+
+    A failed attempt is remembered for `RETRY_S` (the sidebar asks on every page), then tried again.
+    """
+
+    RETRY_S = 30.0
+
+    def __init__(self, store: RunStore, address: str, gpus_per_member: float = 1.0) -> None:
+        self.store, self.address, self.gpus_per_member = store, address, gpus_per_member
+        self._executor: RayExecutor | None = None
+        self._failure: tuple[float, ClusterError] | None = None
+        self._lock = threading.Lock()
+
+    def executor(self) -> RayExecutor:
+        """The executor; `ClusterError` (a `ValueError` for the page) while the cluster cannot be reached."""
+        with self._lock:
+            if self._executor is None:
+                if self._failure and time.monotonic() - self._failure[0] < self.RETRY_S:
+                    raise self._failure[1]
+                try:
+                    self._executor = RayExecutor(self.store, self.address, gpus_per_member=self.gpus_per_member)
+                except ClusterError as exc:
+                    self._failure = (time.monotonic(), exc)
+                    raise
+            return self._executor
+
+    def info(self) -> ClusterInfo:
+        self.executor()
+        return cluster_info(self.address)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown()

@@ -24,6 +24,7 @@ class MemberState:
     epochs_done: int
     trainable_params: int | None
     train_s: float | None  # seconds inside the epoch loop, once finished
+    where: str = ""  # the machine and device training it ("gpu-node-2 · GPU 1"), once it started
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("label", "preset", "frozen", "lr", "seed", "run_id", "status",
@@ -41,7 +42,17 @@ def member_state(entry: dict, record: RunRecord | None) -> MemberState:
         entry["label"], entry["preset"], list(entry["frozen"]), entry["lr"], entry["seed"], entry["run_id"],
         record.status if record is not None else "missing", accs[-1] if accs else None, max(accs) if accs else None,
         len(epochs), summary.trainable_params if summary is not None else None, train_s,
+        where_of(record.metrics.get("info") or {}) if record is not None else "",
     )
+
+
+def where_of(info: dict) -> str:
+    """Where a run trains, from what its engine reported at the start: a Ray member's node and GPUs,
+    else this machine's device."""
+    if info.get("host"):
+        gpus = info.get("gpus") or []
+        return f"{info['host']} · " + (f"GPU {', '.join(map(str, gpus))}" if gpus else "CPU")
+    return f"this machine · {info['device']}" if info.get("device") else ""
 
 
 @dataclass(frozen=True)
