@@ -59,7 +59,9 @@ def test_parts_of_the_estimate(folder):
     assert est.audit_bytes == 4 * est.step.frozen + sum(  # frozen weights and the frozen BatchNorms' buffers
         b.numel() * b.element_size() for name, b in torch.nn.Module.named_buffers(_resnet18()))
     assert est.checkpoint_bytes == 4 * est.step.trainable + est.step.weights_bytes - 4 * est.step.total
-    assert set(est.moments) == {"training step", "evaluation", "feature pass", "saving"}
+    assert est.drift_bytes == 4 * est.step.trainable  # the layer drift's start copy of the trainable fc
+    assert est.drift_diff_bytes == 4 * 512 * 3  # fc.weight, the largest trainable tensor
+    assert set(est.moments) == {"training step", "evaluation", "feature pass", "layer drift", "saving"}
     assert est.peak_bytes == max(est.moments.values())
     assert est.peak_moment in est.moments
     rows = est.to_rows()
@@ -77,8 +79,8 @@ def test_on_a_gpu_only_device_memory_counts(folder):
     matters here: the estimate reads free memory from CUDA only when CUDA is there)."""
     config = config_for(folder, preset="head", arch="resnet18", image_size=(64, 64))
     mps = estimate_for(config, device=torch.device("mps"))
-    assert mps.audit_bytes == mps.checkpoint_bytes == 0
-    assert "saving" not in mps.moments
+    assert mps.audit_bytes == mps.checkpoint_bytes == mps.drift_bytes == mps.drift_diff_bytes == 0
+    assert "saving" not in mps.moments and "layer drift" not in mps.moments
 
 
 def test_cached_calls_counts_leading_calls_inside_the_prefix():

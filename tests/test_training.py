@@ -15,8 +15,7 @@ from torch import nn
 
 from core.config import RunConfig
 from core.data import DatasetError
-from core.engine import FAULT_ENV, build_optimizer, train
-from core.engine import run as training
+from core.engine import FAULT_ENV, build_optimizer, inputs, train
 from core.engine.augment import (
     augment_batch,
     color_jitter,
@@ -250,14 +249,14 @@ def test_a_bad_fault_spec_is_an_error(folder, tmp_path, monkeypatch):
 
 def test_image_corrupted_after_the_check_is_a_dataset_error(tmp_path, monkeypatch):
     root = draw_folder(tmp_path / "fragile", per_class=6)
-    real_load = training.load_dataset
+    real_load = inputs.load_dataset
 
     def load_then_corrupt(*args, **kwargs):
         dataset = real_load(*args, **kwargs)
         dataset.train[0].path.write_bytes(b"\x89PNG\r\n\x1a\n not a png any more")
         return dataset
 
-    monkeypatch.setattr(training, "load_dataset", load_then_corrupt)
+    monkeypatch.setattr(inputs, "load_dataset", load_then_corrupt)
     with pytest.raises(DatasetError):
         run(config_for(root, "head", epochs=1), tmp_path)
 

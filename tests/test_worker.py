@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+import types
 
 import pytest
 import torch
@@ -74,6 +76,19 @@ def test_the_app_trains_in_a_worker_process_with_the_same_results_as_in_process(
     weights, weights_here = manager.store.load_weights(run_id), store.load_weights(here)
     assert weights.keys() == weights_here.keys()
     assert all(torch.allclose(weights[k].float(), weights_here[k].float(), atol=1e-5) for k in weights)
+
+
+def test_the_worker_never_runs_the_servers_main_script(folder, manager, tmp_path, monkeypatch):
+    """Streamlit (and AppTest) make the page being run `__main__`; a spawned child imports the parent's
+    `__main__` unless told not to, and a page that fails outside Streamlit killed the worker at start."""
+    page = tmp_path / "a_page.py"
+    page.write_text("raise SystemExit('a page script ran in the worker')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__, fake_main.__spec__ = str(page), None
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    run_id = manager.submit(config(folder))
+    assert manager.wait(run_id, TIMEOUT) == runs.FINISHED, manager.store.load(run_id).reason
+    assert sys.modules["__main__"] is fake_main  # left as it was
 
 
 def test_the_worker_is_reused_across_runs(folder, manager):

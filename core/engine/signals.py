@@ -10,8 +10,9 @@ Layer drift: at each epoch's end, per part of the network (`core.freezing.networ
 trunk's stages, then what the classifier holds besides its head, then the head), the relative change of the group's weights since the run
 started, ‖θ − θ₀‖ / ‖θ₀‖, and the root mean square over the epoch's steps of the gradient norm of
 its trainable parameters (`LayerDrift`). θ₀ is a CPU copy of the trainable parameters only (frozen
-ones cannot move; the freeze audit checks), and the drift is computed on the CPU, so the device
-holds nothing more than it does to train (the memory estimate stays true).
+ones cannot move; the freeze audit checks), and the drift is computed on the CPU, one tensor at a
+time: a GPU holds nothing more than it does to train. On the CPU the copy and one tensor's
+difference count (`core.estimate.memory` counts them).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class LayerDrift:
         drift, grad_norm = [], []
         for group, names in self.groups.items():
             # on the CPU, one tensor at a time: the device holds nothing more than during training
-            moved = sum(float((self.params[n].detach().cpu() - self.start[n]).square().sum()) for n in names if n in self.start)
+            moved = sum(float(torch.linalg.vector_norm(self.params[n].detach().cpu() - self.start[n])) ** 2
+                        for n in names if n in self.start)
             drift.append(relative_norm(moved, self.start_sq[group]))
             grad_sq = self._grad_sq.get(group)
             grad_norm.append(math.sqrt(grad_sq.item() / self._steps) if grad_sq is not None else None)

@@ -19,10 +19,12 @@ and its memory peaks in one of these moments (`RunMemory.moments`):
 - **evaluation**: the forward of what is not cached at the batch size
   without autograd, next to the weights, gradients and optimizer state.
 
-On the CPU the device memory is the host's, so two more things count: the
-freeze audit's copies of the frozen tensors (taken before training, kept to
-the end) and, at the end, the copies of the trained weights and all buffers
-that become the run's checkpoint (**saving**).
+On the CPU the device memory is the host's, so more things count: the
+freeze audit's copies of the frozen tensors and the layer drift's copies of the
+trainable ones (`core.engine.signals.LayerDrift`; both taken before training,
+kept to the end), the difference of one trained tensor from its start at each
+epoch's end (**layer drift**), and, at the end, the copies of the trained
+weights and all buffers that become the run's checkpoint (**saving**).
 
 With gradual unfreezing the run has two phases (head only, then the
 configured set); the estimate is that of the phase with the higher peak.
@@ -63,14 +65,18 @@ class RunMemory:
     eval_bytes: int  # working set of evaluation, plus autocast's copies of the trained weights
     audit_bytes: int  # CPU only: copies of the frozen tensors for the freeze audit
     checkpoint_bytes: int  # CPU only: copies of the trained weights and buffers at the end
+    drift_bytes: int = 0  # CPU only: the layer drift's copies of the trainable tensors at the start
+    drift_diff_bytes: int = 0  # CPU only: the largest trainable tensor, its difference from the start
 
     @property
     def moments(self) -> dict[str, int]:
         """Bytes in use at each moment where the run can peak."""
         s = self.step
-        kept = self.data_bytes + self.features_bytes + self.audit_bytes
+        kept = self.data_bytes + self.features_bytes + self.audit_bytes + self.drift_bytes
         state = s.weights_bytes + s.grads_bytes + s.optimizer_bytes
         out = {"training step": s.total_bytes + kept, "evaluation": state + self.eval_bytes + kept}
+        if self.drift_diff_bytes:
+            out["layer drift"] = state + kept + self.drift_diff_bytes
         if self.feature_cache.used:
             out["feature pass"] = s.weights_bytes + self.feature_pass_bytes + kept
         if self.checkpoint_bytes:
@@ -95,8 +101,8 @@ class RunMemory:
             ("Evaluation (no autograd)", human_bytes(self.eval_bytes)),
         ]
         if self.audit_bytes or self.checkpoint_bytes:
-            rows.append(("Copies for the freeze audit and the checkpoint (CPU)",
-                         human_bytes(self.audit_bytes + self.checkpoint_bytes)))
+            rows.append(("Copies for the freeze audit, the layer drift and the checkpoint (CPU)",
+                         human_bytes(self.audit_bytes + self.drift_bytes + self.checkpoint_bytes)))
         rows.append((f"Peak for the run (during {self.peak_moment})", human_bytes(self.peak_bytes)))
         return [{"quantity": q, "value": v} for q, v in rows]
 
@@ -132,6 +138,8 @@ def _phase_memory(profile: CostProfile, config: RunConfig, frozen: tuple[str, ..
     elem_bytes = dtype.itemsize if dtype is not None else 4
     images = train_images + val_images
 
+    set_frozen(skeleton, config.frozen)  # what trains in the run's last phase: the drift copies it at the start
+    moving = [p.numel() * 4 for p in skeleton.parameters() if p.requires_grad]
     set_frozen(skeleton, frozen)
     set_train_mode(skeleton, config.bn_frozen_eval)
     steps = forward_chain(skeleton, config.arch)
@@ -154,11 +162,13 @@ def _phase_memory(profile: CostProfile, config: RunConfig, frozen: tuple[str, ..
     calls = len(profile.calls)
     feature_pass = forward_pass_bytes(profile, range(cached), pass_batch, precision) if plan.used else 0
     evaluation = forward_pass_bytes(profile, range(cached, calls), eval_batch, precision) + step.casts_bytes
-    audit = checkpoint = 0
+    audit = checkpoint = drift = drift_diff = 0
     if device.type == "cpu":
+        drift, drift_diff = sum(moving), max(moving, default=0)
         audit = sum(p.numel() * 4 for p in skeleton.parameters() if not p.requires_grad)
         if config.bn_frozen_eval:
             audit += sum(b.numel() * b.element_size() for m in skeleton.modules() if is_frozen_bn(m)
                          for b in m.buffers(recurse=False))
         checkpoint = 4 * step.trainable + profile.buffer_bytes
-    return RunMemory(step, plan, images, data_bytes, features_bytes, feature_pass, evaluation, audit, checkpoint)
+    return RunMemory(step, plan, images, data_bytes, features_bytes, feature_pass, evaluation, audit, checkpoint,
+                     drift, drift_diff)

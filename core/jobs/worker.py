@@ -26,13 +26,16 @@ The protocol, over one duplex pipe (the calling thread sends, the worker answers
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import threading
 import traceback
+import types
 from pathlib import Path
 
 import torch
@@ -126,7 +129,8 @@ class ProcessTrainer:
             self._stop = self._ctx.Event()
             self._proc = self._ctx.Process(target=serve, args=(child, self._stop, self.threads),
                                            name="freeze-lab-trainer", daemon=True)
-            self._proc.start()
+            with _no_main_module():
+                self._proc.start()
             child.close()
             self._conn = parent
         return self._conn, self._stop
@@ -160,6 +164,22 @@ class ProcessTrainer:
             how = f"exit status {code}"
         hint = "; the system kills a process so when memory runs short" if code == -signal.SIGKILL else ""
         return TrainingProcessDied(f"The training process died: {how}{hint}")
+
+
+@contextlib.contextmanager
+def _no_main_module():
+    """While a worker starts: a bare `__main__`, so the spawned child does not import the parent's.
+
+    ``spawn`` children import the parent's main module by its file (`multiprocessing.spawn`). In the
+    app that is the page Streamlit is running (it makes each script `__main__`), which would run in
+    the worker and may fail there; the worker needs only `serve`, importable from this module.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 # --- the worker process ------------------------------------------------------------------------------
