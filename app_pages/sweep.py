@@ -7,11 +7,13 @@ import streamlit as st
 
 from core.config import AUTO_RGN, SWEEP_KINDS, SweepConfig
 from core.data import dataset_name
+from core.estimate import human_flops
 from core.freezing import presets_for
 from core.models import arch_spec, build_skeleton, stages
 from core.store import ACTIVE, SweepStore
-from core.sweeps import plan, stop_sweep, submit_sweep, sweep_state, within_error
-from ui import charts
+from core.sweeps import member_configs, plan, stop_sweep, submit_sweep, sweep_state, within_error
+from core.sweeps.timing import achieved_rate, sweep_work
+from ui import charts, services
 from ui.services import get_cluster, get_manager
 from ui.session import dataset_sizes, draft, session_owner, update_draft
 
@@ -78,7 +80,7 @@ def sweep_form() -> None:
         return
     where = (f"side by side on the Ray cluster at `{cluster.address}`, {cluster.gpus_per_member:g} GPU each"
              if cluster is not None else "one after another on this device")
-    st.markdown(f"**{len(members)} runs** of {cfg.epochs} epochs, {where}. " + time_estimate(len(members)))
+    st.markdown(f"**{len(members)} runs** of {cfg.epochs} epochs, {where}. " + time_estimate(sweep, members, model))
     if st.button("Start the sweep", type="primary", icon=":material/play_arrow:", key="sweep_start"):
         try:  # on the cluster when one is configured (ClusterError, a ValueError, when it does not answer)
             runner = cluster.executor() if cluster is not None else manager
@@ -90,15 +92,21 @@ def sweep_form() -> None:
             st.rerun()
 
 
-def time_estimate(runs: int) -> str:
-    """From earlier finished runs of the same architecture and input size on this store, when there are any."""
+def time_estimate(sweep: SweepConfig, members, model) -> str:
+    """The members' work from the cost model, at the speed earlier runs of this architecture and size
+    reached here (`core.sweeps.timing`); the work alone until there are such runs."""
     sizes = dataset_sizes(cfg.dataset)
-    earlier = [r.summary.images_per_s for r in manager.store.list()
-               if r.config.arch == cfg.arch and r.config.image_size == cfg.image_size and r.summary.images_per_s]
-    if not earlier or not sizes:
-        return "No estimate of the time yet: it comes from earlier runs of this architecture at this size on this data."
-    seconds = runs * cfg.epochs * (sizes[0] + sizes[1]) / pd.Series(earlier).median()
-    return f"About {seconds / 60:.0f} min at the median speed of {len(earlier)} earlier run(s) (full fine-tuning is slowest)."
+    if not sizes:
+        return "Check the dataset on the Data page for an estimate of the time."
+    profile = services.profile(cfg.arch, cfg.num_classes, cfg.image_size)
+    configs = member_configs(sweep, members, model)
+    flops = sweep_work(profile, configs, sizes, model)
+    rate = achieved_rate(profile, manager.store.list(), model)
+    if rate is None:
+        return (f"{human_flops(flops)} of work in all (cost model); a time once a run of this architecture at "
+                "this size has finished here.")
+    return (f"About {flops / rate / 60:.0f} min: {human_flops(flops)} of work (cost model) at the "
+            f"{human_flops(rate)}/s earlier runs reached here.")
 
 
 def answer(report) -> None:

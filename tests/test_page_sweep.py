@@ -1,5 +1,6 @@
 """AppTest for the Sweep page: plan a sweep from the draft, run a tiny one to its answer, apply it."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,11 @@ def test_a_tiny_sweep_runs_to_its_answer_and_the_answer_goes_into_the_draft(fold
     assert list(table["strategy"]) == ["head", "layer4", "full"] and set(table["status"]) == {FINISHED}
     [answer] = [s.value for s in at.success]
     assert answer.startswith("**Best:**")
+    # the next sweep's time: the cost model's work at the speed these runs reached here
+    at.session_state["dataset_sizes"] = {str(folder): (19, 5)}
+    at.run()
+    assert any(re.search(r"About \d+ min: [\d.]+ [GMT]?FLOP of work \(cost model\) at the [\d.]+ [GMT]?FLOP/s", m.value)
+               for m in at.markdown)
     at.button(key="sweep_apply").click().run()
     applied = at.session_state["draft"]
     label = next(m for m in record.members if f"`{m['label']}`" in at.button(key="sweep_apply").label)

@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,12 +17,15 @@ from PIL import ImageFilter, ImageOps
 from core.config import MAX_SWEEP_MEMBERS, RunConfig, SweepConfig
 from core.data import demo
 from core.engine import RunCancelled, TrainResult
+from core.estimate import cost_profile
 from core.jobs import JobManager
+from core.models import build_skeleton
 from core.store import CANCELLED, FINISHED, INTERRUPTED, RunStore, SweepStore
 from core.summary import RunSummary
 from core.sweep import main as sweep_main
 from core.sweeps import (
     Row,
+    member_configs,
     pareto_front,
     plan,
     recommend,
@@ -34,6 +38,7 @@ from core.sweeps import (
 )
 from core.sweeps.plan import member_config
 from core.sweeps.stats import Result
+from core.sweeps.timing import Work, achieved_rate, member_work
 
 TIMEOUT = 60
 BASE = RunConfig(arch="resnet18", num_classes=4, dataset="demo-target:10", image_size=(32, 32), epochs=1, batch_size=8)
@@ -285,3 +290,30 @@ def test_the_command_line_refuses_a_bad_sweep_before_any_run(tmp_path, capsys, m
     assert sweep_main(["--lrs", "0.01,abc", "--runs-dir", str(tmp_path / "runs")]) == 1
     assert "'abc' is not a number" in capsys.readouterr().err
     assert RunStore(tmp_path / "runs").list() == []
+
+
+# --- the time estimate ----------------------------------------------------------------------------------
+
+
+def test_a_members_work_counts_the_cached_prefix_once_and_what_trains_every_epoch():
+    profile = cost_profile("resnet18", 4, (32, 32))
+    model = build_skeleton("resnet18", 4)
+    members = plan(SweepConfig(base=BASE, kind="grid", presets=("head", "full")))
+    head, full = member_configs(SweepConfig(base=BASE, kind="grid", presets=("head", "full")), members, model)
+    fc = 2 * 512 * 4  # the head's forward: a 512 x 4 matrix product per image
+    every_call = sum(c.fwd_flops for c in profile.calls)
+    work = member_work(profile, head, model)
+    assert work == Work(train=fc + fc, val=fc, once=every_call - fc)  # backward of fc: its weight's gradient only
+    assert member_work(profile, full, model).once == 0 and member_work(profile, full, model).val == every_call
+    assert work.total(epochs=3, train_images=10, val_images=5) == 3 * (2 * fc * 10 + fc * 5) + (every_call - fc) * 15
+
+
+def test_the_rate_is_what_earlier_runs_of_this_architecture_and_size_reached():
+    profile = cost_profile("resnet18", 4, (32, 32))
+    model = build_skeleton("resnet18", 4)
+    head = BASE.replace(frozen=TRUNK, preset="head")
+    runs = [SimpleNamespace(status=FINISHED, config=head, summary=SimpleNamespace(images_per_s=100.0)),
+            SimpleNamespace(status=FINISHED, config=head.replace(image_size=(64, 64)), summary=SimpleNamespace(images_per_s=1.0)),
+            SimpleNamespace(status=CANCELLED, config=head, summary=SimpleNamespace(images_per_s=1.0))]
+    assert achieved_rate(profile, runs, model) == 100.0 * member_work(profile, head, model).train
+    assert achieved_rate(profile, runs[1:], model) is None
