@@ -80,20 +80,36 @@ def connect(address: str, *, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or start a local instance for ``"local"``), with our code for
     its workers (`RUNTIME_ENV`); `ClusterError` naming the address when it cannot be reached. A
     process that joined a cluster already (a test's local instance) keeps it; it passes
-    `RUNTIME_ENV` to its own `ray.init`."""
+    `RUNTIME_ENV` to its own `ray.init`.
+
+    `ray.init` runs in a thread of its own that then waits for the process to end: Ray's processes
+    started from a thread that ends (a Streamlit page's script thread) stop answering, and a minute
+    later the driver ends the whole server.
+    """
     if address != LOCAL:
         check_reachable(address)  # Ray itself retries an address that does not answer for minutes
     ray = _ray()
     if ray.is_initialized():
         return  # one cluster per process: the one joined first (a test's local instance, say)
-    try:
-        if address == LOCAL:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=RUNTIME_ENV, logging_level=logging.WARNING)
-        else:
-            ray.init(address=address, runtime_env=RUNTIME_ENV, logging_level=logging.WARNING)
-    except Exception as exc:  # ConnectionError, ValueError, RuntimeError, TimeoutError, Ray's own
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ClusterError(f"Cannot reach the Ray cluster at {address!r}: {first}") from None
+    joined, failure = threading.Event(), []
+
+    def keeper() -> None:
+        try:
+            if address == LOCAL:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=RUNTIME_ENV, logging_level=logging.WARNING)
+            else:
+                ray.init(address=address, runtime_env=RUNTIME_ENV, logging_level=logging.WARNING)
+        except Exception as exc:  # ConnectionError, ValueError, RuntimeError, TimeoutError, Ray's own
+            failure.append(exc)
+        joined.set()
+        if not failure:
+            threading.Event().wait()  # lives as long as the process (a daemon thread)
+
+    threading.Thread(target=keeper, name="freeze-lab-ray", daemon=True).start()
+    joined.wait()
+    if failure:
+        first = (str(failure[0]).strip().splitlines() or [type(failure[0]).__name__])[0]
+        raise ClusterError(f"Cannot reach the Ray cluster at {address!r}: {first}")
 
 
 def check_reachable(address: str, timeout: float = 3.0) -> None:
