@@ -17,7 +17,7 @@ from ui.session import remember_dataset, update_draft
 SOURCES = {
     "demo-target": "Demo target (4 shapes, few images)",
     "demo-source": "Demo source (6 shapes, many images)",
-    "demo-shift": "Demo shift (source shapes, inverted + blurred)",
+    "demo-shift": "Demo shift (source shapes, washed out)",
     "demo-flip": "Demo flip (source shapes, labels permuted)",
     "folder": "Folder on this machine",
     "zip": "Upload a zip",

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import ImageFilter, ImageOps
 
 from core.config import MAX_SWEEP_MEMBERS, RunConfig, SweepConfig
 from core.data import demo
@@ -147,9 +146,9 @@ def test_the_shifted_demo_worlds_are_the_source_shapes_shifted_as_described():
     square = np.asarray(demo.draw_image(rng(), "square"))
     assert np.array_equal(np.asarray(demo.draw_member("demo-flip", demo.SOURCE_CLASSES.index("circle"), rng())), square)
     shifted = demo.draw_image(rng(), "square")
-    expected = ImageOps.invert(shifted).filter(ImageFilter.GaussianBlur(demo.SHIFT_BLUR))
-    got = demo.draw_member("demo-shift", demo.SOURCE_CLASSES.index("square"), rng())
-    assert np.array_equal(np.asarray(got), np.asarray(expected))
+    expected = (np.asarray(shifted, dtype=np.float32) * 0.35 + 120).astype(np.uint8)  # low contrast, lighter
+    got = np.asarray(demo.draw_member("demo-shift", demo.SOURCE_CLASSES.index("square"), rng()))
+    assert np.array_equal(got, expected) and got.min() >= 120 and got.max() <= 209
     assert demo.WORLDS["demo-shift"][0] == demo.WORLDS["demo-flip"][0] == demo.WORLDS["demo-source"][0]
 
 

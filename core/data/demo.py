@@ -8,8 +8,8 @@ two related tasks: a large one to pretrain a backbone on and a small one with
 - ``demo-target``: pentagon, diamond, star4 (a four-pointed star), tshape
   (80 per class: 64 to train on and 16 to validate on by default);
 - ``demo-shift`` and ``demo-flip``: the source's six classes under a distribution shift, 80 per
-  class (`DESCRIPTIONS`): inverted and blurred images (input level), or permuted labels (output
-  level). Which layers a shift asks to fine-tune is what a surgical sweep shows.
+  class (`DESCRIPTIONS`): washed-out images (input level), or permuted labels (output level).
+  Which layers a shift asks to fine-tune is what a surgical sweep shows.
 
 Every image is 64x64 RGB: a light shape on a darker, noisy background with thin
 clutter lines. Colour, background, clutter, noise, area, position and
@@ -43,9 +43,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 2  # bump when the drawing changes: old folders are then regenerated
+GENERATOR_VERSION = 3  # bump when the drawing changes: old folders are then regenerated (3: demo-shift washed out)
 DEMO_SEED = 0  # the demo world is fixed; the run seed only changes the train/val split
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: clean, anti-aliased edges
@@ -95,19 +95,29 @@ SOURCE_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 WORLDS: dict[str, tuple[tuple[str, ...], int]] = {
     "demo-source": (SOURCE_CLASSES, 1000),
     "demo-target": (("pentagon", "diamond", "star4", "tshape"), 80),
-    "demo-shift": (SOURCE_CLASSES, 80),  # the source's classes, inverted and blurred: an input-level shift
+    "demo-shift": (SOURCE_CLASSES, 80),  # the source's classes, washed out: an input-level shift
     "demo-flip": (SOURCE_CLASSES, 80),  # the source's images, labels moved one class on: an output-level shift
 }
-SHIFT_BLUR = 1.2  # demo-shift: Gaussian blur radius (px at 64 px), after inverting the colours
+# demo-shift: every pixel value v (0-255) becomes SHIFT_CONTRAST * v + SHIFT_LIGHT: low contrast, lighter.
+# A global affine change of the input: what the first BatchNorm normalises away once it may adapt.
+SHIFT_CONTRAST, SHIFT_LIGHT = 0.35, 120.0
 DESCRIPTIONS = {
     "demo-source": "6 shapes, many images: the task the demo backbone is pretrained on.",
     "demo-target": "4 new shapes, few images: new classes built from the source's edges and corners.",
-    "demo-shift": "The source's 6 shapes with inverted colours and a blur: the same classes and labels, but "
-                  "the low-level image statistics a network's first layers see have changed (an input-level shift).",
+    "demo-shift": "The source's 6 shapes washed out (every pixel value v becomes 0.35·v + 120: low contrast, "
+                  "lighter): the same classes and labels, but the input statistics a network's first layer and its "
+                  "BatchNorm see have changed (an input-level shift). Tuning the stem lets that BatchNorm normalise "
+                  "the change away; a frozen stem passes distorted features on to every later stage.",
     "demo-flip": "The source's 6 shapes drawn as in the source, but every folder holds the next class's shape "
                  "(circle holds squares, ..., ring holds circles): the same images, permuted labels (an "
                  "output-level shift, as the CIFAR-Flip of Lee et al., 2023).",
 }
+
+
+def washed_out(img: Image.Image) -> Image.Image:
+    """demo-shift's change of every pixel value: v -> SHIFT_CONTRAST * v + SHIFT_LIGHT."""
+    values = np.asarray(img, dtype=np.float32) * SHIFT_CONTRAST + SHIFT_LIGHT
+    return Image.fromarray(values.clip(0, 255).astype(np.uint8))
 
 
 def draw_member(world: str, c: int, rng: np.random.Generator) -> Image.Image:
@@ -117,7 +127,7 @@ def draw_member(world: str, c: int, rng: np.random.Generator) -> Image.Image:
         return draw_image(rng, classes[(c + 1) % len(classes)])
     img = draw_image(rng, classes[c])
     if world == "demo-shift":
-        img = ImageOps.invert(img).filter(ImageFilter.GaussianBlur(SHIFT_BLUR))
+        img = washed_out(img)
     return img
 
 # Difficulty knobs; the same distributions for every class.
