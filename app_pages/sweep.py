@@ -158,6 +158,9 @@ def live_sweep(sweep_id: str) -> None:
     rows = [r.to_dict() for r in report.rows]
     st.plotly_chart(charts.sweep_figure(rows, f"{record.config.kind} sweep: validation accuracy"),
                     key="sweep_chart", width="stretch")
+    if record.config.kind == "surgical" and report.relative:
+        st.plotly_chart(charts.relative_figure(report.relative, "Each stage tuned alone, against full fine-tuning"),
+                        key="sweep_relative_chart", width="stretch")
     answer(report)
     if report.done and st.session_state.get("sweep_live") == sweep_id:
         st.session_state.pop("sweep_live")

@@ -1,5 +1,6 @@
 """AppTest for the Sweep page: plan a sweep from the draft, run a tiny one to its answer, apply it."""
 
+import json
 import re
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 from core.store import FINISHED, SweepStore
+from core.sweeps import sweep_state
 from tests.test_page_train import _isolated  # noqa: F401  (an autouse fixture: this test's runs and data)
 from tests.test_training import draw_folder
 from ui.services import get_manager
@@ -54,6 +56,12 @@ def test_a_tiny_sweep_runs_to_its_answer_and_the_answer_goes_into_the_draft(fold
     assert not at.exception
     [table] = [d.value for d in at.dataframe if "strategy" in d.value.columns]
     assert list(table["strategy"]) == ["head", "layer4", "full"] and set(table["status"]) == {FINISHED}
+    # the surgical chart: each strategy against full fine-tuning (one seed: the plain differences)
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("sweep_relative_chart"))
+    bars = json.loads(chart.proto.spec)["data"][0]
+    acc = {m.label: m.val_acc for m in sweep_state(get_manager().store, record).members}
+    assert bars["x"] == ["head", "layer4"]
+    assert bars["y"] == pytest.approx([100 * (acc[s] - acc["full"]) for s in ("head", "layer4")])
     [answer] = [s.value for s in at.success]
     assert answer.startswith("**Best:**")
     # the next sweep's time: the cost model's work at the speed these runs reached here

@@ -36,7 +36,7 @@ from core.sweeps import (
     within_error,
 )
 from core.sweeps.plan import member_config
-from core.sweeps.stats import Result
+from core.sweeps.stats import Result, relative_to_full
 from core.sweeps.timing import Work, achieved_rate, member_work
 
 TIMEOUT = 60
@@ -127,6 +127,18 @@ def test_within_error_means_the_means_differ_by_no_more_than_the_larger_error():
     assert within_error(row("a", 0.80, 0.02, 1, 1), row("b", 0.83, 0.03, 1, 1))
     assert not within_error(row("a", 0.80, 0.02, 1, 1), row("b", 0.84, 0.03, 1, 1))
     assert not within_error(row("a", 0.80, None, 1, 1), row("b", 0.80, None, 1, 1))  # no error to compare with
+
+
+def test_accuracy_relative_to_full_fine_tuning_is_paired_by_seed():
+    results = [Result("full", 0.90, 100, 9.0, seed=0), Result("full", 0.80, 100, 9.0, seed=1),
+               Result("stem", 0.85, 5, 2.0, seed=0), Result("stem", 0.79, 5, 2.0, seed=1),
+               Result("layer4", 0.70, 50, 3.0, seed=0)]
+    rows = relative_to_full(results, ["head", "stem", "layer4", "full"])
+    diffs = [0.85 - 0.90, 0.79 - 0.80]
+    assert [r["label"] for r in rows] == ["stem", "layer4"]  # head has no finished member, full is the reference
+    assert rows[0]["n"] == 2 and rows[0]["mean_diff"] == pytest.approx(statistics.fmean(diffs))
+    assert rows[0]["sem_diff"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(2))
+    assert rows[1] == {"label": "layer4", "n": 1, "mean_diff": pytest.approx(-0.2), "sem_diff": None}
 
 
 def test_the_recommendation_is_the_best_and_the_cheapest_within_one_standard_error():

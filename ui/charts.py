@@ -242,3 +242,18 @@ def sweep_figure(rows: list[dict], title: str) -> go.Figure:
     _layout(fig, title, showlegend=False, yaxis=dict(range=[0, 1], tickformat=".0%", title="validation accuracy"),
             xaxis_title="what trains")
     return fig
+
+
+def relative_figure(rows: list[dict], title: str) -> go.Figure:
+    """Accuracy minus full fine-tuning's per strategy (percentage points), mean and standard error over
+    seeds, in forward order: the surgical sweep's chart, as Lee et al.'s Figure 2."""
+    fig = go.Figure()
+    if rows:
+        fig.add_bar(x=[r["label"] for r in rows], y=[100 * r["mean_diff"] for r in rows],
+                    marker_color=["#2E9E5B" if r["mean_diff"] >= 0 else "#E8590C" for r in rows],
+                    error_y=dict(type="data", array=[100 * (r["sem_diff"] or 0) for r in rows], visible=True),
+                    customdata=[[r["n"]] for r in rows],
+                    hovertemplate="%{x}: %{y:+.1f} points against full fine-tuning (n=%{customdata[0]})<extra></extra>")
+        fig.add_hline(y=0, line_color="#888")
+    return _layout(fig, title, showlegend=False, yaxis=dict(title="accuracy − full fine-tuning (points)"),
+                   xaxis_title="what trains")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from core.store import ACTIVE, FINISHED, RunRecord
 from core.store.sweeps import SweepRecord
-from core.sweeps.stats import Result, Row, pareto_front, recommend, summarize
+from core.sweeps.stats import Result, Row, pareto_front, recommend, relative_to_full, summarize
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class SweepReport:
     rows: list[Row]
     recommendation: dict
     front: list[str]  # Pareto front of accuracy against training time, cheapest first
+    relative: list[dict]  # accuracy minus full fine-tuning's, seed by seed (`relative_to_full`)
 
     @property
     def done(self) -> bool:
@@ -76,7 +77,8 @@ class SweepReport:
 def sweep_report(sweep: SweepRecord, runs: dict[str, RunRecord | None]) -> SweepReport:
     """The report of `sweep` from its member runs (`runs`: run id -> record, None when missing)."""
     members = [member_state(entry, runs.get(entry["run_id"])) for entry in sweep.members]
-    results = [Result(m.label, m.val_acc, m.trainable_params, m.train_s) for m in members
+    results = [Result(m.label, m.val_acc, m.trainable_params, m.train_s, m.seed) for m in members
                if m.status == FINISHED and m.val_acc is not None and m.train_s is not None]
-    rows = summarize(results, [m.label for m in members])
-    return SweepReport(sweep, members, rows, recommend(rows), pareto_front(rows))
+    order = [m.label for m in members]
+    rows = summarize(results, order)
+    return SweepReport(sweep, members, rows, recommend(rows), pareto_front(rows), relative_to_full(results, order))

@@ -24,6 +24,7 @@ class Result:
     val_acc: float
     trainable_params: int
     train_s: float  # seconds inside the epoch loop (feature pass included)
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,19 @@ def summarize(results: Sequence[Result], order: Sequence[str]) -> list[Row]:
             accs = [r.val_acc for r in mine]
             rows.append(Row(label, len(mine), statistics.fmean(accs), sem(accs), mine[0].trainable_params,
                             statistics.fmean(r.train_s for r in mine)))
+    return rows
+
+
+def relative_to_full(results: Sequence[Result], order: Sequence[str], reference: str = "full") -> list[dict]:
+    """Each strategy's accuracy minus full fine-tuning's, seed by seed (Lee et al.'s Figure 2): per label
+    (in `order`, the reference left out) {"label", "n", "mean_diff", "sem_diff"} over the seeds both
+    finished. Pairing by seed removes what a seed's split does to both."""
+    full = {r.seed: r.val_acc for r in results if r.label == reference}
+    rows = []
+    for label in dict.fromkeys(order):
+        diffs = [r.val_acc - full[r.seed] for r in results if r.label == label and r.seed in full]
+        if label != reference and diffs:
+            rows.append({"label": label, "n": len(diffs), "mean_diff": statistics.fmean(diffs), "sem_diff": sem(diffs)})
     return rows
 
 
