@@ -103,10 +103,12 @@ if submitted:
 
 # --- the run --------------------------------------------------------------------------------
 def fresh_snapshot(run_id: str):
-    """The run's snapshot with its metrics, and its four figures, rebuilt only when the run moved.
+    """The run's snapshot with its metrics, and its six figures, each rebuilt only when its data moved.
 
     The live view reruns every second for every viewer: a cheap look (no curves copied) decides
-    whether anything changed; if not, the last snapshot and figures of this tab are reused.
+    whether anything changed; if not, the last snapshot and figures of this tab are reused. Only the
+    loss curve moves with every step; the other five change when an epoch ends, so they are kept
+    (the same figure object: the browser gets nothing new to draw) until then.
     """
     head = manager.snapshot(run_id, with_metrics=False)
     if head is None:
@@ -116,14 +118,24 @@ def fresh_snapshot(run_id: str):
     if cached is not None and cached[0] == moved:
         return cached[1], cached[2]
     snap = manager.snapshot(run_id)
-    epochs = snap.metrics.get("epochs", [])
-    last = epochs[-1] if epochs else None
-    classes = snap.info.get("classes") or snap.summary.classes or []
-    figures = (charts.loss_figure(snap.metrics), charts.accuracy_figure(snap.metrics),
-               charts.per_class_figure(last, classes), charts.confusion_figure(last, classes),
-               charts.layer_signal_figure(epochs, "drift"), charts.layer_signal_figure(epochs, "grad_norm"))
+    figures = (charts.loss_figure(snap.metrics), *epoch_figures(snap))
     st.session_state["train_view"] = (moved, snap, figures)
     return snap, figures
+
+
+def epoch_figures(snap) -> tuple:
+    """Accuracy, per-class accuracy, confusion and the two layer-signal maps, rebuilt when an epoch ends."""
+    key = (snap.id, len(snap.metrics.get("epochs", [])))
+    cached = st.session_state.get("train_epoch_figures")
+    if cached is None or cached[0] != key:
+        epochs = snap.metrics.get("epochs", [])
+        last = epochs[-1] if epochs else None
+        classes = snap.info.get("classes") or snap.summary.classes or []
+        cached = (key, (charts.accuracy_figure(snap.metrics), charts.per_class_figure(last, classes),
+                        charts.confusion_figure(last, classes), charts.layer_signal_figure(epochs, "drift"),
+                        charts.layer_signal_figure(epochs, "grad_norm")))
+        st.session_state["train_epoch_figures"] = cached
+    return cached[1]
 
 
 def run_status(snap) -> None:
