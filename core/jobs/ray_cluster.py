@@ -40,7 +40,7 @@ from core.engine.inputs import DecodedDataset, Shipped, decode_dataset, shipped_
 from core.jobs.checks import check_runnable
 from core.jobs.execute import execute
 from core.jobs.monitor import RunMonitor
-from core.store import RunStore
+from core.store import TERMINAL, RunStore
 from core.summary import RunSummary
 
 ADDRESS_ENV = "FREEZE_LAB_RAY_ADDRESS"  # "auto", "ray://host:10001", "host:6379", or "local"
@@ -230,7 +230,7 @@ class RayTrainer:
             raise RunCancelled("cancelled before it started on the cluster") from None
         except ray.exceptions.RayTaskError as exc:  # the member raised: its own exception, as a local run's
             raise (exc.cause if isinstance(exc.cause, BaseException) else RuntimeError(str(exc))) from None
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.RayError) as exc:
+        except ray.exceptions.RayError as exc:  # WorkerCrashedError, NodeDiedError, ...
             first = (str(exc).strip().splitlines() or [""])[0]
             raise TrainingProcessDied(f"The Ray worker training this member died ({type(exc).__name__}: {first})") from None
         finally:
@@ -252,7 +252,7 @@ class RayExecutor:
         self.relay = ray.remote(Relay).options(num_cpus=0).remote()
         self._trainer = RayTrainer(self)
         self._pool = ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT, thread_name_prefix="freeze-lab-ray")
-        self._lock, self._pump_lock = threading.Lock(), threading.Lock()
+        self._lock, self._pump_lock, self._ship_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self._monitors: dict[str, RunMonitor] = {}
         self._futures: dict[str, object] = {}
         self._shipped: OrderedDict[tuple, tuple] = OrderedDict()  # what was put once, for the next members
@@ -271,7 +271,7 @@ class RayExecutor:
         """Stop a member: a queued one never starts, a running one stops within a batch."""
         with self._lock:
             monitor = self._monitors.get(run_id)
-        if monitor is None or monitor.status in ("finished", "failed", "cancelled"):
+        if monitor is None or monitor.status in TERMINAL:
             return False
         monitor.request_stop()
         self.relay.stop.remote(run_id)
@@ -313,17 +313,17 @@ class RayExecutor:
                     getattr(monitor, f"on_{kind}")(*payload)
 
     def _put_once(self, key: tuple, make):
-        with self._lock:
+        """`make()` and its object-store reference, made once per key: the members' threads start
+        together, and the others wait for the first one's decode instead of repeating it."""
+        with self._ship_lock:
             if key in self._shipped:
                 self._shipped.move_to_end(key)
                 return self._shipped[key]
-        value = make()
-        entry = (value, _ray().put(value))
-        with self._lock:
-            self._shipped[key] = entry
+            value = make()
+            self._shipped[key] = (value, _ray().put(value))
             while len(self._shipped) > KEEP_SHIPPED:
                 self._shipped.popitem(last=False)
-        return entry
+            return self._shipped[key]
 
     def _execute(self, run_id: str, monitor: RunMonitor):
         try:
