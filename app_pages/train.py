@@ -103,39 +103,28 @@ if submitted:
 
 # --- the run --------------------------------------------------------------------------------
 def fresh_snapshot(run_id: str):
-    """The run's snapshot with its metrics, and its six figures, each rebuilt only when its data moved.
+    """The run's snapshot with its metrics, copied again only when something moved.
 
     The live view reruns every second for every viewer: a cheap look (no curves copied) decides
-    whether anything changed; if not, the last snapshot and figures of this tab are reused. Only the
-    loss curve moves with every step; the other five change when an epoch ends, so they are kept
-    (the same figure object: the browser gets nothing new to draw) until then.
+    whether anything changed; if not, this tab's last snapshot is reused.
     """
     head = manager.snapshot(run_id, with_metrics=False)
     if head is None:
-        return None, None
+        return None
     moved = (run_id, head.status, head.step, head.epochs_done, head.name)
     cached = st.session_state.get("train_view")
-    if cached is not None and cached[0] == moved:
-        return cached[1], cached[2]
-    snap = manager.snapshot(run_id)
-    figures = (charts.loss_figure(snap.metrics), *epoch_figures(snap))
-    st.session_state["train_view"] = (moved, snap, figures)
-    return snap, figures
-
-
-def epoch_figures(snap) -> tuple:
-    """Accuracy, per-class accuracy, confusion and the two layer-signal maps, rebuilt when an epoch ends."""
-    key = (snap.id, len(snap.metrics.get("epochs", [])))
-    cached = st.session_state.get("train_epoch_figures")
-    if cached is None or cached[0] != key:
-        epochs = snap.metrics.get("epochs", [])
-        last = epochs[-1] if epochs else None
-        classes = snap.info.get("classes") or snap.summary.classes or []
-        cached = (key, (charts.accuracy_figure(snap.metrics), charts.per_class_figure(last, classes),
-                        charts.confusion_figure(last, classes), charts.layer_signal_figure(epochs, "drift"),
-                        charts.layer_signal_figure(epochs, "grad_norm")))
-        st.session_state["train_epoch_figures"] = cached
+    if cached is None or cached[0] != moved:
+        cached = (moved, manager.snapshot(run_id))
+        st.session_state["train_view"] = cached
     return cached[1]
+
+
+def figure(name: str, version: tuple, build):
+    """`build()`, kept in this tab's session until `version` (what the figure draws) changes."""
+    figures = st.session_state.setdefault("train_figures", {})
+    if name not in figures or figures[name][0] != version:
+        figures[name] = (version, build())
+    return figures[name][1]
 
 
 def run_status(snap) -> None:
@@ -215,20 +204,57 @@ def feature_cache_note(snap) -> None:
         st.caption(f":material/memory: Feature cache: {text}")
 
 
-def show_charts(snap, figures) -> None:
+# The run's charts, two per tab. Only the open tab's charts are built and sent: a viewer's browser
+# draws a Plotly chart anew (a new element) whenever its figure changes, and six charts redrawn at
+# every epoch's end cost each viewer more CPU than the run's own training thread had left on a 2-core
+# machine (bench/viewers.py).
+CHART_TABS = ("Loss and accuracy", "Per class", "Layer signals")
+
+
+def show_charts(snap) -> None:
+    tabs = st.tabs(CHART_TABS, key="train_charts", on_change="rerun")
+    for tab, draw in zip(tabs, (curves, class_results, layer_signals)):
+        if tab.open:
+            with tab:
+                draw(snap)
+
+
+def curves(snap) -> None:
+    """Loss per step (moves with every step) and accuracy per epoch."""
+    epochs = snap.metrics.get("epochs", [])
     left, right = st.columns(2)
-    loss, accuracy, per_class, confusion, drift, grad_norm = figures
-    left.plotly_chart(loss, key="train_loss_chart", width="stretch")
-    right.plotly_chart(accuracy, key="train_acc_chart", width="stretch")
-    left.plotly_chart(per_class, key="train_class_chart", width="stretch")
-    right.plotly_chart(confusion, key="train_confusion_chart", width="stretch")
+    left.plotly_chart(figure("loss", (snap.id, snap.step, len(epochs)), lambda: charts.loss_figure(snap.metrics)),
+                      key="train_loss_chart", width="stretch")
+    right.plotly_chart(figure("accuracy", (snap.id, len(epochs)), lambda: charts.accuracy_figure(snap.metrics)),
+                       key="train_acc_chart", width="stretch")
+
+
+def class_results(snap) -> None:
+    """The last epoch's validation accuracy per class and its confusion matrix."""
+    epochs = snap.metrics.get("epochs", [])
+    last = epochs[-1] if epochs else None
+    names = snap.info.get("classes") or snap.summary.classes or []
+    left, right = st.columns(2)
+    left.plotly_chart(figure("per_class", (snap.id, len(epochs)), lambda: charts.per_class_figure(last, names)),
+                      key="train_class_chart", width="stretch")
+    right.plotly_chart(figure("confusion", (snap.id, len(epochs)), lambda: charts.confusion_figure(last, names)),
+                       key="train_confusion_chart", width="stretch")
+
+
+def layer_signals(snap) -> None:
+    """Drift and gradient norm per stage and epoch: which stages did fine-tuning really change?"""
     epochs = snap.metrics.get("epochs", [])
     if snap.done and not any("layers" in e for e in epochs):
-        return  # a run recorded before the engine measured layer signals
-    st.markdown("**Layer signals** — which stages did fine-tuning really change?")
+        st.info("This run was recorded before the engine measured layer signals.", icon=":material/info:")
+        return
+    st.caption("Which stages did fine-tuning really change? Each stage's weight drift ‖θ − θ₀‖ / ‖θ₀‖ and the "
+               "RMS of its gradient norm over each epoch's steps.")
     left, right = st.columns(2)
-    left.plotly_chart(drift, key="train_drift_chart", width="stretch")
-    right.plotly_chart(grad_norm, key="train_grad_chart", width="stretch")
+    by_epoch = (snap.id, len(epochs))
+    left.plotly_chart(figure("drift", by_epoch, lambda: charts.layer_signal_figure(epochs, "drift")),
+                      key="train_drift_chart", width="stretch")
+    right.plotly_chart(figure("grad_norm", by_epoch, lambda: charts.layer_signal_figure(epochs, "grad_norm")),
+                       key="train_grad_chart", width="stretch")
     if snap.config.auto_rgn and epochs and "rgn_scale" in epochs[-1].get("layers", {}):
         layers = epochs[-1]["layers"]
         st.caption("Auto-RGN rate scale in the last epoch (the part's rate × this): " + ", ".join(
@@ -251,7 +277,7 @@ def audit_note(snap) -> None:
 
 
 def live_view(run_id: str) -> None:
-    snap, figures = fresh_snapshot(run_id)
+    snap = fresh_snapshot(run_id)
     if snap is None:
         st.warning(f"There is no run {run_id!r}.")
         return
@@ -259,7 +285,7 @@ def live_view(run_id: str) -> None:
     run_outcome(snap)
     run_figures(snap)
     feature_cache_note(snap)
-    show_charts(snap, figures)
+    show_charts(snap)
     audit_note(snap)
     if snap.done and st.session_state.get("train_live") == run_id:
         st.session_state.pop("train_live")

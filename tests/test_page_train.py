@@ -62,12 +62,24 @@ def test_start_a_run_and_see_it_finish(folder):
     labels = [m.label for m in at.metric]
     assert "Validation accuracy" in labels and "Images / s" in labels
     assert any("Feature cache: on" in c.value for c in at.caption)
+    # the charts' tabs: only the open one's charts are built and sent
+    assert [t.label for t in at.tabs] == ["Loss and accuracy", "Per class", "Layer signals"]
+    assert drawn_charts(at) == ["train_loss_chart", "train_acc_chart"]
+    at.session_state["train_charts"] = "Per class"
+    assert drawn_charts(at.run()) == ["train_class_chart", "train_confusion_chart"]
+    at.session_state["train_charts"] = "Layer signals"
+    assert drawn_charts(at.run()) == ["train_drift_chart", "train_grad_chart"]
     # the layer signals: a head-only run moved its head and nothing else, in each of its 2 epochs
     drift = drawn_heatmap(at, "train_drift_chart")
     assert drift["x"] == ["epoch 1", "epoch 2"] and drift["y"] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     assert [row[0] for row in drift["text"][:5]] == ["frozen"] * 5 and drift["text"][5][0].endswith("%")
     recorded = get_manager().store.load(run_id).metrics["epochs"][-1]["layers"]
     assert drift["text"][5][1] == f"{recorded['drift'][5]:.2%}"
+
+
+def drawn_charts(at) -> list[str]:
+    """The keys of the Plotly charts the page sent, in order (a chart's element id ends with its key)."""
+    return [c.proto.id.rpartition("-")[2] for c in at.get("plotly_chart")]
 
 
 def drawn_heatmap(at, key: str) -> dict:

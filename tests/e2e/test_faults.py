@@ -126,7 +126,15 @@ def test_a_restart_during_a_run_shows_it_interrupted_with_its_metrics(servers, p
     last = metrics["epochs"][-1]
     expect(page.get_by_test_id("stMetric").filter(has_text="Validation accuracy")).to_contain_text(f"{last['val_acc']:.1%}")
     expect(page.get_by_test_id("stMetric").filter(has_text="Train accuracy")).to_contain_text(f"{last['train_acc']:.1%}")
-    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(6)  # loss, accuracy, per class, confusion, drift, gradients
+    tabs = {"Per class": ("Validation accuracy per class", "Confusion matrix (validation)"),
+            "Layer signals": ("Weight drift ‖θ − θ₀‖ / ‖θ₀‖ per stage",
+                              "Gradient norm per stage (RMS over the epoch's steps)"),
+            "Loss and accuracy": ("Loss", "Accuracy")}
+    for tab, titles in tabs.items():  # two charts per tab, drawn when it opens
+        page.get_by_role("tab", name=tab).click()
+        for title in titles:
+            expect(page.get_by_test_id("stPlotlyChart").filter(has=page.locator(".gtitle", has_text=title))).to_have_count(1)
+        expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)
     expect(page.get_by_test_id("stProgress")).to_have_count(0)
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     page.wait_for_timeout(2000)  # let the charts draw
