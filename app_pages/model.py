@@ -90,6 +90,13 @@ def apply_signals_choice(frozen) -> None:
     set_frozen_choice(frozen, preset_of(skeleton(cfg.arch, cfg.num_classes), cfg.arch, layers, frozen))
 
 
+def remember_block(name: str) -> None:
+    """Keep a block's expander open or closed as the user left it: its label carries the block's counts,
+    and an expander whose label changes is a new one (closed) unless told otherwise."""
+    opened = st.session_state.setdefault("tree_open_blocks", set())
+    (opened.add if st.session_state[f"tree_block_{name}"] else opened.discard)(name)
+
+
 def apply_tree_edits(tree) -> None:
     """Fold the checkbox edits of the last interaction into the draft, before anything renders."""
     version = st.session_state.get("tree_version", 0)
@@ -284,77 +291,88 @@ problems = [c for c in preflight(model, arch, cfg.bn_frozen_eval) if not c.ok]
 for check in problems:
     st.warning(f"**{check.name}?** {check.detail}", icon=":material/warning:")
 
-tab_tree, tab_cost, tab_code = st.tabs(["Layers", "Cost", "PyTorch code"])
+# Lazy tabs (and block tables, below): only what is open is built and sent. The browser draws the page
+# anew with every click here, and eight data grids, the cost tables and the code took about 40% of a
+# preset's time while a run trained on the same two cores (measured beside bench/viewers.py).
+tab_tree, tab_cost, tab_code = st.tabs(["Layers", "Cost", "PyTorch code"], key="model_tabs", on_change="rerun")
 
 # --- the tree ---------------------------------------------------------------------------------
-with tab_tree:
-    version = st.session_state.get("tree_version", 0)
-    targets: dict[str, list] = {}
-    column_config = {
-        "train": st.column_config.CheckboxColumn("Train", help="Tick to train this layer (and all under it)"),
-        "params": st.column_config.NumberColumn("Params", format="localized"),
-        "trainable": st.column_config.NumberColumn("Trainable", format="localized"),
-    }
-    signals = signals_panel(cfg, trunk, model, apply_signals_choice)
-    if signals is not None:
-        column_config["RGN"] = st.column_config.NumberColumn("RGN", format="%.3g", help="‖∇θ‖ / ‖θ‖ on the probe's batches")
-    groups = groups_of(tree, trunk)
-    df, targets[f"tree_overview@{version}"] = overview_table(tree, groups, cfg.frozen, signals)
-    st.data_editor(df, key=f"tree_overview@{version}", hide_index=True, width="stretch", height=table_height(df),
-                   column_config=column_config, disabled=[c for c in df.columns if c != "train"])
-    st.caption("Blocks of the network, in forward order. Open a block to tick single layers.")
-    for group, row in zip(groups, df.itertuples()):
-        # a stable key: the label's counts change with every tick, and a new label would be a new,
-        # closed expander under the user's mouse
-        with st.expander(f"{group.name} — {row.state} · {row.trainable:,} / {row.params:,} trainable",
-                         key=f"tree_block_{group.name}"):
-            gdf, targets[f"tree_{group.name}@{version}"] = group_table(tree, group, cfg.frozen, report, signals)
-            st.data_editor(gdf, key=f"tree_{group.name}@{version}", hide_index=True, width="stretch",
-                           height=table_height(gdf), column_config=column_config,
-                           disabled=[c for c in gdf.columns if c != "train"])
-    st.session_state["tree_targets"] = targets
+if tab_tree.open:
+    with tab_tree:
+        version = st.session_state.get("tree_version", 0)
+        targets: dict[str, list] = {}
+        column_config = {
+            "train": st.column_config.CheckboxColumn("Train", help="Tick to train this layer (and all under it)"),
+            "params": st.column_config.NumberColumn("Params", format="localized"),
+            "trainable": st.column_config.NumberColumn("Trainable", format="localized"),
+        }
+        signals = signals_panel(cfg, trunk, model, apply_signals_choice)
+        if signals is not None:
+            column_config["RGN"] = st.column_config.NumberColumn("RGN", format="%.3g", help="‖∇θ‖ / ‖θ‖ on the probe's batches")
+        groups = groups_of(tree, trunk)
+        df, targets[f"tree_overview@{version}"] = overview_table(tree, groups, cfg.frozen, signals)
+        st.data_editor(df, key=f"tree_overview@{version}", hide_index=True, width="stretch", height=table_height(df),
+                       column_config=column_config, disabled=[c for c in df.columns if c != "train"])
+        st.caption("Blocks of the network, in forward order. Open a block to tick single layers.")
+        for group, row in zip(groups, df.itertuples()):
+            # a stable key: the label's counts change with every tick, and a new label would be a new,
+            # closed expander under the user's mouse
+            # lazy: a block's table is built and sent only while the block is open
+            block = st.expander(f"{group.name} — {row.state} · {row.trainable:,} / {row.params:,} trainable",
+                                group.name in st.session_state.get("tree_open_blocks", ()),
+                                key=f"tree_block_{group.name}", on_change=remember_block, args=(group.name,))
+            if not block.open:
+                continue
+            with block:
+                gdf, targets[f"tree_{group.name}@{version}"] = group_table(tree, group, cfg.frozen, report, signals)
+                st.data_editor(gdf, key=f"tree_{group.name}@{version}", hide_index=True, width="stretch",
+                               height=table_height(gdf), column_config=column_config,
+                               disabled=[c for c in gdf.columns if c != "train"])
+        st.session_state["tree_targets"] = targets
 
-    if report is not None:
-        with st.expander(f"Checkpoint load report — {report.summary()}", expanded=not report.ok):
-            st.write(f"Source: `{report.source}`")
-            if report.mismatched:
-                st.markdown("**Shape-mismatched** (skipped, the model keeps its fresh values):")
-                st.dataframe([{"key": k, "checkpoint": str(a), "model": str(b)} for k, a, b in report.mismatched],
-                             hide_index=True)
-            if report.missing:
-                st.markdown("**Missing** (not in the checkpoint):  \n" + ", ".join(f"`{k}`" for k in report.missing[:50]))
-            if report.unexpected:
-                st.markdown("**Unexpected** (not in the model):  \n" + ", ".join(f"`{k}`" for k in report.unexpected[:50]))
+        if report is not None:
+            with st.expander(f"Checkpoint load report — {report.summary()}", expanded=not report.ok):
+                st.write(f"Source: `{report.source}`")
+                if report.mismatched:
+                    st.markdown("**Shape-mismatched** (skipped, the model keeps its fresh values):")
+                    st.dataframe([{"key": k, "checkpoint": str(a), "model": str(b)} for k, a, b in report.mismatched],
+                                 hide_index=True)
+                if report.missing:
+                    st.markdown("**Missing** (not in the checkpoint):  \n" + ", ".join(f"`{k}`" for k in report.missing[:50]))
+                if report.unexpected:
+                    st.markdown("**Unexpected** (not in the model):  \n" + ", ".join(f"`{k}`" for k in report.unexpected[:50]))
 
 # --- cost -------------------------------------------------------------------------------------
-with tab_cost:
-    if costs is None:
-        st.warning(profile_error, icon=":material/warning:")
-    else:
-        ratio = estimate.compare_to_full(costs.step, costs.full_step)
-        st.markdown(
-            f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
-            f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "
-            f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, {costs.precision} on {device.type.upper()})."
-        )
-        st.dataframe(cost_table(costs.step.to_rows(), costs.full_step.to_rows()), hide_index=True, width="stretch", height="content")
-        st.caption("FLOPs counted with torch.utils.flop_counter. Memory measured on the model's structure (meta "
-                   "device, no compute): what autograd saves for backward (saved-tensor hooks) and the tensors in "
-                   "flight at the busiest layer (live tensors counted op by op).")
-        st.subheader("A whole run")
-        if costs.run is None:
-            st.info("Pick the dataset on the Data page to see the peak memory of a whole run: the decoded images "
-                    "and cached features stay on the device next to the training state.", icon=":material/dataset:")
+if tab_cost.open:
+    with tab_cost:
+        if costs is None:
+            st.warning(profile_error, icon=":material/warning:")
         else:
-            plan = costs.run.feature_cache
-            cache = (f"features cached up to `{plan.prefix}`" if plan.used
-                     else f"no feature cache ({plan.reason})")
-            st.markdown(f"On **{cfg.dataset}** ({costs.run.images:,} images) with this choice: {cache}.")
-            st.dataframe(cost_table(costs.run.to_rows(), costs.full_run.to_rows()), hide_index=True, width="stretch",
-                         height="content")
-            st.caption("Not counted: the workspaces cuDNN and cuBLAS take on a GPU (most in the first steps, "
-                       "while cuDNN tries algorithms), the CUDA context, and the Python process.")
+            ratio = estimate.compare_to_full(costs.step, costs.full_step)
+            st.markdown(
+                f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
+                f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "
+                f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, {costs.precision} on {device.type.upper()})."
+            )
+            st.dataframe(cost_table(costs.step.to_rows(), costs.full_step.to_rows()), hide_index=True, width="stretch", height="content")
+            st.caption("FLOPs counted with torch.utils.flop_counter. Memory measured on the model's structure (meta "
+                       "device, no compute): what autograd saves for backward (saved-tensor hooks) and the tensors in "
+                       "flight at the busiest layer (live tensors counted op by op).")
+            st.subheader("A whole run")
+            if costs.run is None:
+                st.info("Pick the dataset on the Data page to see the peak memory of a whole run: the decoded images "
+                        "and cached features stay on the device next to the training state.", icon=":material/dataset:")
+            else:
+                plan = costs.run.feature_cache
+                cache = (f"features cached up to `{plan.prefix}`" if plan.used
+                         else f"no feature cache ({plan.reason})")
+                st.markdown(f"On **{cfg.dataset}** ({costs.run.images:,} images) with this choice: {cache}.")
+                st.dataframe(cost_table(costs.run.to_rows(), costs.full_run.to_rows()), hide_index=True, width="stretch",
+                             height="content")
+                st.caption("Not counted: the workspaces cuDNN and cuBLAS take on a GPU (most in the first steps, "
+                           "while cuDNN tries algorithms), the CUDA context, and the Python process.")
 
 # --- code -------------------------------------------------------------------------------------
-with tab_code:
-    st.code(codegen.generate_code(cfg), language="python", line_numbers=True, wrap_lines=True)
+if tab_code.open:
+    with tab_code:
+        st.code(codegen.generate_code(cfg), language="python", line_numbers=True, wrap_lines=True)

@@ -458,8 +458,10 @@ def test_model_page_small_input_in_range_does_not_crash_the_page(arch):
     at.number_input(key="model_w").set_value(32).run()
     assert not at.exception and not at.error and not at.warning
     assert at.session_state["draft"].image_size == (32, 32)  # a valid size is taken
-    assert any("num_classes" in c.value or "nn.Linear" in c.value for c in at.code)  # the rest of the page renders
-    assert any("of the compute" in m.value for m in at.markdown)  # the Cost tab has its estimate
+    at.session_state["model_tabs"] = "PyTorch code"
+    assert any("num_classes" in c.value or "nn.Linear" in c.value for c in at.run().code)  # the rest of the page renders
+    at.session_state["model_tabs"] = "Cost"
+    assert any("of the compute" in m.value for m in at.run().markdown)  # the Cost tab has its estimate
 
 
 # --- Model page: checkpoints ------------------------------------------------------------------------

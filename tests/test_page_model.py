@@ -46,8 +46,23 @@ def test_page_renders_tree_cost_and_code():
     assert trainable(at) == 11_181_642  # resnet18 with a 10-class head, full fine-tune
     overview = at.data_editor(key="tree_overview@0").value
     assert list(overview["layer"]) == ["stem", "layer1", "layer2", "layer3", "layer4", "classifier"]
-    assert "model.fc = nn.Linear" in at.code[0].value
+    # tabs and blocks are lazy: only the open ones are built and sent
+    assert not at.code and not any("of the compute" in m.value for m in at.markdown)
+    assert [d.key for d in at.data_editor] == ["tree_overview@0"]  # the blocks' tables stay closed
+    open_tab(at, "PyTorch code")
+    assert "model.fc = nn.Linear" in at.code[0].value and not at.data_editor
+    open_tab(at, "Cost")
     assert any("of the compute" in m.value for m in at.markdown)
+
+
+def open_tab(at: AppTest, name: str) -> AppTest:
+    at.session_state["model_tabs"] = name  # what a click on the tab does
+    return at.run()
+
+
+def open_block(at: AppTest, name: str) -> AppTest:
+    at.session_state[f"tree_block_{name}"] = True  # what a click on the block's expander does
+    return at.run()
 
 
 def test_ticking_a_box_changes_the_counts():
@@ -62,7 +77,7 @@ def test_ticking_a_box_changes_the_counts():
     assert at.session_state["draft"].frozen == ("layer1",)
     assert at.session_state["draft"].preset == "custom"
     # the single-layer table of layer1 now shows it frozen
-    layer1 = at.data_editor(key="tree_layer1@1").value
+    layer1 = open_block(at, "layer1").data_editor(key="tree_layer1@1").value
     assert not layer1["train"].any()
     # tick one conv back inside layer1: partial
     row = list(layer1["path"]).index("layer1.0.conv1")
@@ -180,13 +195,13 @@ def test_cost_tab_shows_a_whole_run_once_the_dataset_is_known():
     config = RunConfig(arch="resnet18", num_classes=10, image_size=(64, 64), dataset="demo-target", preset="head",
                        frozen=tuple(n for n in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")))
     at.session_state["draft"] = config
-    at.run()
+    open_tab(at, "Cost")
     assert not at.exception
     assert metric(at, "Memory per training step")  # no dataset yet: one step only
     assert any("Pick the dataset on the Data page" in i.value for i in at.info)
 
     at.session_state["dataset_sizes"] = {"demo-target": (192, 48)}  # what the Data page stores
-    at.run()
+    open_tab(at, "Cost")
     assert not at.exception
     peak = metric(at, "Peak memory of a run")
     run_table = next(d.value for d in at.dataframe if "Peak for the run" in " ".join(map(str, d.value.iloc[:, 0])))
