@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS
@@ -21,6 +23,10 @@ cfg = draft()
 # with one viewer) and cost the run a third of its speed with three viewers, whose browsers redraw the
 # charts on the same cores (bench/viewers.py, 2-core CPU): 1 s.
 LIVE_EVERY_S = 1.0
+# The loss curve's steps are redrawn at most this often (and with every epoch's end). Each redraw is a
+# new chart in every viewer's browser; once a second it cost each viewer about 7% of a core on a
+# 2-core machine (bench/viewers.py), and the progress bar shows the steps every second anyway.
+LOSS_EVERY_S = 5.0
 
 
 def weights_note(weights: str) -> str:
@@ -220,10 +226,11 @@ def show_charts(snap) -> None:
 
 
 def curves(snap) -> None:
-    """Loss per step (moves with every step) and accuracy per epoch."""
+    """Loss per step (redrawn every `LOSS_EVERY_S` and when an epoch ends) and accuracy per epoch."""
     epochs = snap.metrics.get("epochs", [])
+    loss_version = (snap.id, snap.status, len(epochs), int(time.monotonic() // LOSS_EVERY_S))
     left, right = st.columns(2)
-    left.plotly_chart(figure("loss", (snap.id, snap.step, len(epochs)), lambda: charts.loss_figure(snap.metrics)),
+    left.plotly_chart(figure("loss", loss_version, lambda: charts.loss_figure(snap.metrics)),
                       key="train_loss_chart", width="stretch")
     right.plotly_chart(figure("accuracy", (snap.id, len(epochs)), lambda: charts.accuracy_figure(snap.metrics)),
                        key="train_acc_chart", width="stretch")

@@ -65,6 +65,10 @@ def test_start_a_run_and_see_it_finish(folder):
     # the charts' tabs: only the open one's charts are built and sent
     assert [t.label for t in at.tabs] == ["Loss and accuracy", "Per class", "Layer signals"]
     assert drawn_charts(at) == ["train_loss_chart", "train_acc_chart"]
+    # the finished run's loss curve ends at its last step (the live view redraws it only every few seconds)
+    steps = get_manager().store.load(run_id).metrics["steps"]
+    loss = json.loads(next(c for c in at.get("plotly_chart") if c.proto.id.endswith("train_loss_chart")).proto.spec)
+    assert loss["data"][0]["x"][-1] == steps[-1][0] and loss["data"][0]["y"][-1] == steps[-1][2]
     at.session_state["train_charts"] = "Per class"
     assert drawn_charts(at.run()) == ["train_class_chart", "train_confusion_chart"]
     at.session_state["train_charts"] = "Layer signals"
