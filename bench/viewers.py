@@ -158,8 +158,9 @@ def measure(browser, n: int, workdir: Path, data_dir: Path) -> dict:
             pg.goto(f"{server.url}/train?run={run_id}")
         for pg in viewers:  # every viewer shows the live run (six pages load slowly on two busy cores)
             expect(pg.get_by_role("button", name="Stop")).to_be_visible(timeout=300_000)
+        while not (worker := (read_metrics(server, run_id).get("info") or {}).get("worker_pid")):
+            time.sleep(0.2)  # the run has started in the training process
         ready = time.time()
-        worker = (read_metrics(server, run_id).get("info") or {}).get("worker_pid")
         cpu0 = (time.monotonic(), cpu_seconds(server.proc.pid), cpu_seconds(worker))
 
         def watched(records):  # epochs 2+ that started once every viewer watched (epoch 1 builds caches)
