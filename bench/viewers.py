@@ -4,7 +4,7 @@ For each number of viewers: start `streamlit run app.py` (as a user would: its t
 its config), start a long run from the Train page (ResNet-18 full fine-tune on demo-target, 64 px),
 open the viewers on `/train?run=<id>`, wait until every one of them shows the live run, and measure:
 
-- training images/s over the first 3 epochs that start after that (the engine's per-epoch figure;
+- training images/s over the first 6 epochs that start after that (the engine's per-epoch figure;
   never epoch 1, which builds caches), and the slowdown against no viewer,
 - the CPU of the server's own process and of its training process over those epochs (percent of one core),
 - every page action of another user after those epochs, while the run trains and the viewers watch:
@@ -41,7 +41,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.e2e.conftest import CHROMIUM_ARGS, AppServer, wait_idle  # noqa: E402
 
-WATCHED_EPOCHS = 3  # images/s over the first three epochs that start once every viewer shows the run
+WATCHED_EPOCHS = 6  # images/s over the first six epochs that start once every viewer shows the run
 RUN_EPOCHS = 500  # more than the bench waits for: it ends the run with the server once it has measured
 
 
