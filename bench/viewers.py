@@ -110,6 +110,8 @@ def page_actions(page, server: AppServer) -> dict[str, float]:
     def go(name: str) -> None:
         nav.get_by_role("link", name=name).click()
         expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible()
+        if name == "Train":  # the live run's charts draw after the script run has ended: wait for them too
+            expect(page.locator("[data-testid='stPlotlyChart'] .gtitle")).to_have_count(2)
         wait_idle(page)
 
     def preset(label: str) -> None:
