@@ -315,9 +315,8 @@ if tab_tree.open:
                        column_config=column_config, disabled=[c for c in df.columns if c != "train"])
         st.caption("Blocks of the network, in forward order. Open a block to tick single layers.")
         for group, row in zip(groups, df.itertuples()):
-            # a stable key: the label's counts change with every tick, and a new label would be a new,
-            # closed expander under the user's mouse
-            # lazy: a block's table is built and sent only while the block is open
+            # Lazy: a block's table is built and sent only while the block is open. Its label's counts
+            # change with every tick, which makes it a new expander: the page remembers the open ones.
             block = st.expander(f"{group.name} — {row.state} · {row.trainable:,} / {row.params:,} trainable",
                                 group.name in st.session_state.get("tree_open_blocks", ()),
                                 key=f"tree_block_{group.name}", on_change=remember_block, args=(group.name,))

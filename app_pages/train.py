@@ -24,8 +24,8 @@ cfg = draft()
 # charts on the same cores (bench/viewers.py, 2-core CPU): 1 s.
 LIVE_EVERY_S = 1.0
 # The loss curve's steps are redrawn at most this often (and with every epoch's end). Each redraw is a
-# new chart in every viewer's browser; once a second it cost each viewer about 7% of a core on a
-# 2-core machine (bench/viewers.py), and the progress bar shows the steps every second anyway.
+# new chart in every viewer's browser; once a second it cost a viewer's headless Chromium about 7% of
+# a core on a 2-core machine, and the progress bar shows the steps every second anyway.
 LOSS_EVERY_S = 5.0
 
 
@@ -211,9 +211,10 @@ def feature_cache_note(snap) -> None:
 
 
 # The run's charts, two per tab. Only the open tab's charts are built and sent: a viewer's browser
-# draws a Plotly chart anew (a new element) whenever its figure changes, and six charts redrawn at
-# every epoch's end cost each viewer more CPU than the run's own training thread had left on a 2-core
-# machine (bench/viewers.py).
+# draws a Plotly chart anew (Streamlit makes a changed figure a new element), and with all six charts
+# on the page a viewer's headless Chromium took 35-40% of a core on a 2-core machine, with the open
+# tab's two about 25% (six viewers then leave the training process more than half of its core:
+# bench/viewers.py).
 CHART_TABS = ("Loss and accuracy", "Per class", "Layer signals")
 
 
