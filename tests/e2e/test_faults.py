@@ -135,6 +135,7 @@ def test_a_restart_during_a_run_shows_it_interrupted_with_its_metrics(servers, p
         for title in titles:
             expect(page.get_by_test_id("stPlotlyChart").filter(has=page.locator(".gtitle", has_text=title))).to_have_count(1)
         expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)
+        page.get_by_test_id("stTabs").screenshot(path=shots / f"after_restart_tab_{tab.split()[0].lower()}.png")
     expect(page.get_by_test_id("stProgress")).to_have_count(0)
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     page.wait_for_timeout(2000)  # let the charts draw
