@@ -23,9 +23,10 @@ cfg = draft()
 # with one viewer) and cost the run a third of its speed with three viewers, whose browsers redraw the
 # charts on the same cores (bench/viewers.py, 2-core CPU): 1 s.
 LIVE_EVERY_S = 1.0
-# The loss curve's steps are redrawn at most this often (and with every epoch's end). Each redraw is a
-# new chart in every viewer's browser; once a second it cost a viewer's headless Chromium about 7% of
-# a core on a 2-core machine, and the progress bar shows the steps every second anyway.
+# The loss curve's steps are redrawn with every epoch's end and, within a long epoch, this long after
+# the last redraw. Each redraw is a new chart in every viewer's browser; once a second it cost a
+# viewer's headless Chromium about 7% of a core on a 2-core machine, and the progress bar shows the
+# steps every second anyway.
 LOSS_EVERY_S = 5.0
 
 
@@ -125,28 +126,20 @@ def fresh_snapshot(run_id: str):
     return cached[1]
 
 
-def figure(name: str, version: tuple, build):
-    """`build()`, kept in this tab's session until `version` (what the figure draws) changes."""
+def figure(name: str, version: tuple, build, max_age_s: float | None = None):
+    """`build()`, kept in this tab's session until `version` (what the figure draws) changes or, with
+    `max_age_s`, until it is that old."""
     figures = st.session_state.setdefault("train_figures", {})
-    if name not in figures or figures[name][0] != version:
-        figures[name] = (version, build())
+    now = time.monotonic()
+    if name not in figures or figures[name][0] != version or (max_age_s is not None and now - figures[name][2] >= max_age_s):
+        figures[name] = (version, build(), now)
     return figures[name][1]
 
 
-def run_status(snap) -> None:
-    """Name, status, the queue position or the progress bar, and Stop."""
+def run_header(snap) -> None:
+    """Name, status and Stop: what changes only with the run's status (a change reruns the page)."""
     st.subheader(f"Run: {snap.name}")
     st.caption(f"id `{snap.id}` · {snap.status}")
-
-    if snap.status == QUEUED:
-        st.info(f"Queued: position {snap.queue_position} — one run trains at a time on this device.",
-                icon=":material/hourglass_top:")
-    elif snap.status == RUNNING:
-        eta = f" · about {snap.eta_s:.0f} s left" if snap.eta_s is not None else ""
-        # the engine counts epochs from 1 (0 until its first step)
-        st.progress(snap.progress, text=f"Epoch {min(max(snap.epoch, 1), snap.epochs or 1)}/{snap.epochs} · "
-                                        f"step {snap.step}/{snap.total_steps or '?'}{eta}")
-    # Stop: a callback, so the cancel happens before the next run of this fragment, whatever reruns it.
     # A run this session did not start is someone's work (another user's, or this user's before a
     # reload): stopping it takes a second, deliberate click.
     if not snap.done and snap.owner in ("", session_owner()):
@@ -157,6 +150,20 @@ def run_status(snap) -> None:
                         "ends their training; its metrics so far are kept.")
             st.button("Stop this run", key="train_stop_other", type="primary", on_click=manager.cancel,
                       args=(snap.id,))
+
+
+def run_progress(snap) -> None:
+    """The queue position, or the progress bar with the step, every second."""
+    if snap.status == QUEUED:
+        st.info(f"Queued: position {snap.queue_position} — one run trains at a time on this device.",
+                icon=":material/hourglass_top:")
+    elif snap.status == RUNNING:
+        eta = f" · about {snap.eta_s:.0f} s left" if snap.eta_s is not None else ""
+        # The engine counts epochs from 1 (0 until its first step). The bar moves in whole percents: a
+        # move of the bar is an animation in every viewer's browser, and moving it by a pixel or less
+        # every second cost a headless Chromium 4% of a core on a 2-core machine (2.6% with the bar still).
+        st.progress(round(100 * snap.progress), text=f"Epoch {min(max(snap.epoch, 1), snap.epochs or 1)}/{snap.epochs} · "
+                                        f"step {snap.step}/{snap.total_steps or '?'}{eta}")
 
 
 def run_outcome(snap) -> None:
@@ -179,22 +186,22 @@ def run_figures(snap) -> None:
     epochs = snap.metrics.get("epochs", [])
     last = epochs[-1] if epochs else None
     if last:
-        k1, k2, k3, k4 = st.columns(4)
-        k1.metric("Validation accuracy", f"{last['val_acc']:.1%}")
-        k2.metric("Train accuracy", f"{last['train_acc']:.1%}")
-        k3.metric("Images / s", f"{last['images_per_s']:.0f}",
-                  help="Training images per second in the last epoch: its training pass only (validation excluded; "
-                       "a first epoch also computes the cached features). The run's summary divides all training "
-                       "images by all training time.")
+        row = st.container(horizontal=True)
+        row.metric("Validation accuracy", f"{last['val_acc']:.1%}")
+        row.metric("Train accuracy", f"{last['train_acc']:.1%}")
+        row.metric("Images / s", f"{last['images_per_s']:.0f}",
+                   help="Training images per second in the last epoch: its training pass only (validation excluded; "
+                        "a first epoch also computes the cached features). The run's summary divides all training "
+                        "images by all training time.")
         if str(snap.info.get("device", "")).startswith("cuda"):
-            k4.metric("Peak GPU memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
-                      help="torch.cuda.max_memory_allocated: the run's tensors, what the Model page estimates "
-                           "(plus cuDNN and cuBLAS workspaces, which the estimate leaves out).")
+            row.metric("Peak GPU memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
+                       help="torch.cuda.max_memory_allocated: the run's tensors, what the Model page estimates "
+                            "(plus cuDNN and cuBLAS workspaces, which the estimate leaves out).")
         else:
-            k4.metric("Peak process memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
-                      help="The training process's peak resident memory (the interpreter, libraries and every run "
-                           "that process trained so far included). The Model page's estimate counts the run's "
-                           "tensors only.")
+            row.metric("Peak process memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
+                       help="The training process's peak resident memory (the interpreter, libraries and every run "
+                            "that process trained so far included). The Model page's estimate counts the run's "
+                            "tensors only.")
 
 
 def feature_cache_note(snap) -> None:
@@ -227,12 +234,12 @@ def show_charts(snap) -> None:
 
 
 def curves(snap) -> None:
-    """Loss per step (redrawn every `LOSS_EVERY_S` and when an epoch ends) and accuracy per epoch."""
+    """Loss per step (redrawn when an epoch ends, and `LOSS_EVERY_S` after its last drawing) and
+    accuracy per epoch."""
     epochs = snap.metrics.get("epochs", [])
-    loss_version = (snap.id, snap.status, len(epochs), int(time.monotonic() // LOSS_EVERY_S))
     left, right = st.columns(2)
-    left.plotly_chart(figure("loss", loss_version, lambda: charts.loss_figure(snap.metrics)),
-                      key="train_loss_chart", width="stretch")
+    left.plotly_chart(figure("loss", (snap.id, snap.status, len(epochs)), lambda: charts.loss_figure(snap.metrics),
+                             max_age_s=LOSS_EVERY_S), key="train_loss_chart", width="stretch")
     right.plotly_chart(figure("accuracy", (snap.id, len(epochs)), lambda: charts.accuracy_figure(snap.metrics)),
                        key="train_acc_chart", width="stretch")
 
@@ -284,20 +291,22 @@ def audit_note(snap) -> None:
                      + ", ".join(audit["changed"][:10]), icon=":material/gpp_bad:")
 
 
-def live_view(run_id: str) -> None:
+def live_view(run_id: str, status: str) -> None:
+    """The run's progress, results and charts: a fragment rerun every second while the run is live.
+
+    Only what moves during a run is in it: each element sent is redrawn in every viewer's browser
+    (the run's header and Stop are outside). When the run's status is no longer the `status` the page
+    was drawn with, the whole page reruns: its header follows, and the timer stops with the run.
+    """
     snap = fresh_snapshot(run_id)
-    if snap is None:
-        st.warning(f"There is no run {run_id!r}.")
-        return
-    run_status(snap)
+    if snap is None or snap.status != status:
+        st.rerun()
+    run_progress(snap)
     run_outcome(snap)
     run_figures(snap)
     feature_cache_note(snap)
     show_charts(snap)
     audit_note(snap)
-    if snap.done and st.session_state.get("train_live") == run_id:
-        st.session_state.pop("train_live")
-        st.rerun()  # a full rerun turns the fragment's timer off
 
 
 def _show_chosen_run() -> None:
@@ -323,17 +332,16 @@ if recent:
                  format_func=lambda i: next(f"{r.name} ({r.id})" for r in recent if r.id == i))
     # (no status in the label: a keyed selectbox keeps showing its old label when only the label changes)
 
-if run_id:
-    snap = manager.snapshot(run_id, with_metrics=False)
-    running = snap is not None and not snap.done
-    if running:
-        st.session_state["train_live"] = run_id
-    st.fragment(live_view, run_every=LIVE_EVERY_S if running else None)(run_id)
-    if snap is not None and snap.status == FINISHED and manager.store.exists(run_id):
+if run_id and (head := manager.snapshot(run_id, with_metrics=False)) is None:
+    st.warning(f"There is no run {run_id!r}.")
+elif run_id:
+    run_header(head)
+    st.fragment(live_view, run_every=None if head.done else LIVE_EVERY_S)(run_id, head.status)
+    if head.status == FINISHED and manager.store.exists(run_id):
         run_downloads(manager.store.load(run_id), manager.store.root, key="train")
-    if snap is not None and not running:
+    if head.done:
         with st.expander("Rename or delete this run"):
-            new_name = st.text_input("Name", snap.name, key=f"train_rename_{run_id}", max_chars=120)
+            new_name = st.text_input("Name", head.name, key=f"train_rename_{run_id}", max_chars=120)
             c_rename, c_delete = st.columns(2)
             if c_rename.button("Rename", key="train_rename", icon=":material/edit:") and new_name.strip():
                 manager.rename(run_id, new_name)
