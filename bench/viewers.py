@@ -9,7 +9,7 @@ open the viewers on `/train?run=<id>`, wait until every one of them shows the li
 - the CPU of the server's own process and of its training process over those epochs (percent of one core),
 - every page action of another user after those epochs, while the run trains and the viewers watch:
   opening the Train page, the Model page, applying a preset (a change of the layers that train),
-  opening the Train page again;
+  ticking one layer in the layer tree, opening the Train page again;
   each until what it shows is there and the page is idle again,
 - the update lag of every epoch that ended once the viewers watched, up to two epochs after the page
   actions: the time from the epoch's record reaching the run's supervising thread (its `logged_at`,
@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.e2e.conftest import CHROMIUM_ARGS, AppServer, wait_idle  # noqa: E402
+from tests.e2e.test_main_path import toggle_tree_row  # noqa: E402
 
 WATCHED_EPOCHS = 6  # images/s over the first six epochs that start once every viewer shows the run
 WAIT_MS = 120_000  # for what a page shows: slow under six viewers is a result, not a failure
@@ -121,11 +122,17 @@ def page_actions(page, server: AppServer) -> dict[str, float]:
         expect(strategy).to_have_text(label, timeout=WAIT_MS)
         wait_idle(page)
 
+    def tick_layer() -> None:  # untick layer1 in the layer tree's overview: the strategy becomes Custom
+        toggle_tree_row(page, page.get_by_test_id("stDataFrame").first, "layer", "layer1")  # waits idle
+        expect(strategy).to_have_text("Custom", timeout=WAIT_MS)
+        wait_idle(page)
+
     out = {
         "open Train": timed(lambda: go("Train")),
         "open Model": timed(lambda: go("Model")),
         "apply Head only": timed(lambda: preset("Head only")),
         "apply Full fine-tune": timed(lambda: preset("Full fine-tune")),
+        "tick a layer": timed(tick_layer) - 0.3,  # (two settling pauses)
         # the first opening was the tab's first Plotly chart since its page load: Streamlit loads its
         # Plotly code then (about 3 s with no viewer here); a second opening shows the page's own cost
         "open Train again": timed(lambda: go("Train")),

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from core.config import RunConfig
-from core.jobs import JobManager, ProcessTrainer, RunMonitor, execute
+from core.jobs import JobManager, ProcessTrainer, RunMonitor, execute, worker
 from core.models import build_model
 from core.store import RunStore, runs
 from tests.test_training import draw_folder
@@ -97,6 +97,15 @@ def test_the_worker_is_reused_across_runs(folder, manager):
     second = manager.submit(config(folder, seed=1))
     assert manager.wait(second, TIMEOUT) == runs.FINISHED
     assert manager.snapshot(first).info["worker_pid"] == manager.snapshot(second).info["worker_pid"]
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX scheduling priorities")
+def test_the_worker_yields_the_cpu_to_the_server(folder, manager):
+    run_id = manager.submit(config(folder, epochs=3))
+    pid = wait_for_step(manager, run_id).info["worker_pid"]
+    server = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, server + worker.NICENESS) > server
+    manager.cancel(run_id)
 
 
 def test_a_killed_worker_fails_only_its_run_and_the_next_run_finishes(folder, manager):
