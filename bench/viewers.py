@@ -134,7 +134,7 @@ def page_actions(page, server: AppServer) -> dict[str, float]:
         "apply Full fine-tune": timed(lambda: preset("Full fine-tune")),
         "tick a layer": timed(tick_layer) - 0.3,  # (two settling pauses)
         # the first opening was the tab's first Plotly chart since its page load: Streamlit loads its
-        # Plotly code then (about 3 s with no viewer here); a second opening shows the page's own cost
+        # Plotly code then (about 2 s with no viewer here); a second opening shows the page's own cost
         "open Train again": timed(lambda: go("Train")),
     }
     return {k: v - 0.3 for k, v in out.items()}
