@@ -143,7 +143,9 @@ def stop_everywhere(record) -> None:
             pass  # the cluster does not answer: it runs none of them for this app
 
 
-def live_sweep(sweep_id: str) -> None:
+def live_sweep(sweep_id: str, live: bool) -> None:
+    """The sweep's members, chart and answer; a fragment rerun every second while the page was drawn
+    with the sweep `live`. Once it has ended, the whole page reruns: the timer stops with the sweep."""
     record = sweeps.load(sweep_id)
     report = sweep_state(manager.store, record)
     done = sum(m.status not in ACTIVE for m in report.members)
@@ -162,9 +164,8 @@ def live_sweep(sweep_id: str) -> None:
         st.plotly_chart(charts.relative_figure(report.relative, "Each stage tuned alone, against full fine-tuning"),
                         key="sweep_relative_chart", width="stretch")
     answer(report)
-    if report.done and st.session_state.get("sweep_live") == sweep_id:
-        st.session_state.pop("sweep_live")
-        st.rerun()  # a full rerun turns the fragment's timer off
+    if report.done and live:
+        st.rerun()
 
 
 with st.expander("New sweep from the draft", expanded=not sweeps.list()):
@@ -181,6 +182,4 @@ shown = st.selectbox("Sweep", list(labels), index=list(labels).index(wanted) if 
 if st.query_params.get("sweep") != shown:
     st.query_params["sweep"] = shown
 running = not sweep_state(manager.store, sweeps.load(shown)).done
-if running:
-    st.session_state["sweep_live"] = shown
-st.fragment(live_sweep, run_every=LIVE_EVERY_S if running else None)(shown)
+st.fragment(live_sweep, run_every=LIVE_EVERY_S if running else None)(shown, running)
