@@ -47,7 +47,8 @@ source = left.radio(
 )
 val_fraction = right.slider(
     "Validation share", 0.05, 0.5, float(draft.val_fraction), 0.05, key="data_val_fraction",
-    help="Held out per class for validation, with the run's seed. A dataset with its own train/ and val/ folders keeps them.",
+    help="Held out per class for validation (choosing the best epoch, strategy and rate), drawn with the run's "
+    "seed from what the test split leaves. A dataset with its own val/ folder keeps it.",
 )
 
 ref = None
@@ -99,7 +100,7 @@ try:
     ref, _ = data.prepare_dataset(
         ref, data_dir=Path(root_dir), progress=lambda done, total, msg: bar.progress(done / max(total, 1), text=msg)
     )
-    ds = services.dataset(ref, draft.seed, val_fraction, root_dir)
+    ds = services.dataset(ref, draft.seed, val_fraction, draft.test_fraction, root_dir)
 except data.DatasetError as exc:
     bar.empty()  # no empty "Downloading…" bar left under the error
     st.error(str(exc))
@@ -110,20 +111,23 @@ if (draft.dataset, draft.num_classes, draft.val_fraction) != (ds.ref, len(ds.cla
     draft = update_draft(dataset=ds.ref, num_classes=len(ds.classes), val_fraction=val_fraction)
 remember_dataset(ds)  # the classes and sizes, for the Model page
 
-split_text = "its own train/val folders" if ds.given_split else f"{val_fraction:.0%} per class held out, seed {draft.seed}"
-st.success(f"The run uses **{ds.ref}**: {len(ds.classes)} classes, split by {split_text}.", icon=":material/check_circle:")
+test_text = "its own test/ folder" if "test" in ds.given else f"{draft.test_fraction:.0%} per class, the same for every seed"
+val_text = "its own val/ folder" if "val" in ds.given else f"{val_fraction:.0%} of the rest per class, seed {draft.seed}"
+st.success(f"The run uses **{ds.ref}**: {len(ds.classes)} classes. Test: {test_text}, never used to choose; "
+           f"validation: {val_text}.", icon=":material/check_circle:")
 if gaps := ds.split_gaps():
     st.warning(
         "Some classes are in only one split: " + "; ".join(f"**{c}**: {why}" for c, why in gaps.items())
-        + ". A class without training images cannot be learned; one without validation images is not measured "
-        "(its accuracy shows as \"no images\").",
+        + ". A class without training images cannot be learned; one without validation or test images is not "
+        "measured there (its accuracy shows as \"no images\").",
         icon=":material/warning:",
     )
-cols = st.columns(4)
+cols = st.columns(5)
 cols[0].metric("Classes", len(ds.classes))
 cols[1].metric("Train images", len(ds.train))
 cols[2].metric("Validation images", len(ds.val))
-cols[3].metric("Skipped files", len(ds.skipped))
+cols[3].metric("Test images", len(ds.test), help="Held out: graded once per run, with the weights it keeps.")
+cols[4].metric("Skipped files", len(ds.skipped))
 
 st.subheader("Images per class")
 counts = ds.counts().melt(id_vars="class", var_name="split", value_name="images")
@@ -132,7 +136,7 @@ fig.update_layout(margin=dict(l=0, r=0, t=10, b=0), legend_title_text="", xaxis_
 st.plotly_chart(fig, key="data_counts_chart", width="stretch")
 
 st.subheader("Preview")
-shown = services.thumbnails(ds.ref, draft.seed, val_fraction, root_dir)
+shown = services.thumbnails(ds.ref, draft.seed, val_fraction, draft.test_fraction, root_dir)
 for name, images in shown.items():
     label, pics = st.columns([1, 6], vertical_alignment="center")
     label.markdown(f"**{name}**")

@@ -19,8 +19,9 @@ SCHEDULERS = ("none", "cosine", "step")
 PRECISIONS = ("auto", "fp32", "bf16")
 AUGMENTATIONS = ("crop", "flip", "jitter")
 SWEEP_KINDS = ("depth", "surgical", "grid")
+KEEPS = ("best", "last")
 CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "precision": PRECISIONS, "augment": AUGMENTATIONS,
-           "kind": SWEEP_KINDS}
+           "kind": SWEEP_KINDS, "keep": KEEPS}
 MAX_SEED = 2**31 - 1  # torch generators take at most 64 bits (and seed + 1 is used); the Train page's limit
 
 
@@ -38,7 +39,8 @@ class RunConfig:
     unfreeze_after: int = 0  # gradual unfreezing: >0 trains only the head for this many epochs first
     # --- data --------------------------------------------------------------
     dataset: str = "demo-target"  # demo-source | demo-target | demo-shift | demo-flip | a folder path | cifar10 | flowers102
-    val_fraction: float = 0.2  # stratified validation share when the dataset has no val/ split
+    val_fraction: float = 0.2  # stratified validation share (of what the test split leaves) when the dataset has no val/
+    test_fraction: float = 0.2  # stratified test share, carved with a fixed seed, when the dataset has no test/
     image_size: tuple[int, int] = (64, 64)  # input height, width
     augment: tuple[str, ...] = ()  # subset of AUGMENTATIONS, applied on the device per batch
     # --- optimisation ------------------------------------------------------
@@ -48,6 +50,8 @@ class RunConfig:
     weight_decay: float = 1e-4  # L2 penalty on the trainable parameters
     scheduler: str = "none"  # one of SCHEDULERS, stepped per epoch
     epochs: int = 3  # passes over the training split
+    keep: str = "best"  # the weights a run ends with: "best" (its best validation epoch's) or "last"
+    early_stop: int = 0  # patience: end the run after this many epochs without a better validation accuracy (0: off)
     batch_size: int = 32  # images per optimizer step (evaluation uses the same batch shape)
     seed: int = 0  # split, head init, shuffling and augmentation: the same seed gives the same run
     precision: str = "auto"  # "auto": bf16 autocast on CUDA when supported, else fp32
@@ -83,6 +87,12 @@ class RunConfig:
             problems.append(f"weight decay must be in [0, 1], got {self.weight_decay}")
         if not 0 < self.val_fraction < 1:
             problems.append(f"validation fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 < self.test_fraction < 1:
+            problems.append(f"test fraction must be in (0, 1), got {self.test_fraction}")
+        if self.keep not in KEEPS:
+            problems.append(f"keep must be one of {', '.join(KEEPS)}, got {self.keep!r}")
+        if not 0 <= self.early_stop < self.epochs:
+            problems.append(f"early stopping's patience must be 0 (off) to {self.epochs - 1} epochs, got {self.early_stop}")
         if not 0 <= self.unfreeze_after < self.epochs:
             problems.append("gradual unfreezing must start before the last epoch")
         if self.auto_rgn and self.frozen:

@@ -28,6 +28,7 @@ class RunStart:
     feature_cache: dict | None = None  # the plan: used, prefix, reason, build_s, source (the last phase's, in a summary)
     train_size: int | None = None
     val_size: int | None = None
+    test_size: int | None = None
     skipped: int | None = None  # image files the dataset left out
     trainable_params: int | None = None
     frozen_params: int | None = None
@@ -51,13 +52,23 @@ class RunSummary(RunStart):
     """A finished run's figures: the start facts plus the results. The store writes it to
     summary.json; the CLI, the pages and compare read it."""
 
-    val_acc: float | None = None  # the last epoch's
+    # The figures of the weights the run kept (`weights_epoch`: its best validation epoch with
+    # keep="best", its last with keep="last"); validation chose them, the test split only grades them.
+    val_acc: float | None = None
     best_val_acc: float | None = None
     best_epoch: int | None = None
+    weights_epoch: int | None = None  # the epoch whose weights the run ended with (and saved)
+    epochs_done: int | None = None  # fewer than `epochs` when early stopping ended the run
+    last_val_acc: float | None = None  # the last epoch's, whichever weights were kept
     train_acc: float | None = None
     train_loss: float | None = None
     val_loss: float | None = None
-    per_class_acc: list | None = None  # last epoch; None for a class without validation images
+    per_class_acc: list | None = None  # None for a class without validation images
+    test_acc: float | None = None  # None when the dataset has no test images
+    test_loss: float | None = None
+    test_per_class_acc: list | None = None  # aligned with `classes`; None for a class without test images
+    test_confusion: list | None = None  # rows: true class, columns: predicted
+    splits: dict | None = None  # {"train": n, "val": n, "test": n, "test_digest": which test images}
     images_per_s: float | None = None  # training images over the training passes' time
     total_time_s: float | None = None
     peak_mem_bytes: int | None = None

@@ -48,7 +48,8 @@ def make_sweep(args: argparse.Namespace) -> SweepConfig:
     """The `SweepConfig` the arguments stand for; the class count is read from the dataset."""
     from core.data import load_dataset
 
-    dataset = load_dataset(args.dataset, val_fraction=args.val_fraction, seed=args.seed)
+    dataset = load_dataset(args.dataset, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                           seed=args.seed)
     base = RunConfig(**config_fields(args, RunConfig, derived=RUN_DERIVED), num_classes=len(dataset.classes))
     sweep = SweepConfig(base=base, **config_fields(args, SweepConfig, derived=SWEEP_DERIVED))
     sweep.validate()

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from core.data import Dataset
 
 SUMMARY_KEYS = (
-    "val_acc", "best_val_acc", "best_epoch", "train_acc", "classes", "per_class_acc", "trainable_params",
+    "val_acc", "best_val_acc", "best_epoch", "weights_epoch", "epochs_done", "last_val_acc", "test_acc",
+    "test_per_class_acc", "test_confusion", "splits", "train_acc", "classes", "per_class_acc", "trainable_params",
     "frozen_params", "images_per_s", "peak_mem_bytes", "total_time_s", "device", "precision", "freeze_audit",
     "feature_cache", "param_groups", "gradual_unfreezing",
 )  # fmt: skip
@@ -55,7 +56,8 @@ def make_config(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
     from core.freezing import preset_frozen
     from core.models import build_skeleton
 
-    dataset = load_dataset(args.dataset, val_fraction=args.val_fraction, seed=args.seed)
+    dataset = load_dataset(args.dataset, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                           seed=args.seed)
     num_classes = len(dataset.classes)
     frozen = preset_frozen(build_skeleton(args.arch, num_classes), args.arch, args.preset)
     config = RunConfig(**config_fields(args, RunConfig, derived=DERIVED), num_classes=num_classes, frozen=frozen)
@@ -68,6 +70,7 @@ def dataset_facts(dataset) -> dict:
     return {
         "train_size": len(dataset.train),
         "val_size": len(dataset.val),
+        "test_size": len(dataset.test),
         "skipped": [{"file": f, "reason": why} for f, why in dataset.skipped],
         "split_gaps": dataset.split_gaps(),
     }
@@ -80,7 +83,7 @@ def _progress(event: str, data: dict) -> None:
         cache_text = f"feature cache up to {cache.get('prefix')}" if cache.get("used") else f"no feature cache ({cache.get('reason')})"
         print(
             f"training on {data.get('device')} ({data.get('precision')}): {data.get('train_size')} train / "
-            f"{data.get('val_size')} val images, {len(data.get('classes') or [])} classes, "
+            f"{data.get('val_size')} val / {data.get('test_size')} test images, {len(data.get('classes') or [])} classes, "
             f"{data.get('trainable_params', 0):,} trainable params, {data.get('total_steps')} steps; {cache_text}",
             file=sys.stderr, flush=True,
         )
@@ -99,8 +102,10 @@ def describe(result: dict) -> str:
     if result.get("val_acc") is not None:
         audit = result.get("freeze_audit") or {}
         cache = result.get("feature_cache") or {}
+        test = "no test images" if result["test_acc"] is None else f"{result['test_acc']:.3f}"
         lines += [
-            f"  val acc {result['val_acc']:.3f} (best {result['best_val_acc']:.3f}), train acc {result['train_acc']:.3f}",
+            f"  test acc {test}, val acc {result['val_acc']:.3f} (weights of epoch {result['weights_epoch']} of "
+            f"{result['epochs_done']}; best val {result['best_val_acc']:.3f}), train acc {result['train_acc']:.3f}",
             "  per class: " + ", ".join(f"{c} {'no images' if a is None else f'{a:.3f}'}"
                                         for c, a in zip(result["classes"] or [], result["per_class_acc"] or [])),
             f"  {result['trainable_params']:,} trainable / {result['frozen_params']:,} frozen parameters",
@@ -148,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"run_id": run_id, "status": record.status, "reason": record.reason}
     result |= {key: getattr(record.summary, key) for key in SUMMARY_KEYS}
     epochs = record.metrics["epochs"]
-    result["confusion"] = epochs[-1].get("confusion") if epochs else None  # rows: true class, columns: predicted
+    kept = (record.summary.weights_epoch or len(epochs)) - 1
+    result["confusion"] = epochs[kept].get("confusion") if epochs else None  # the kept epoch's; rows: true class
     result["epochs_done"] = len(epochs)
     result |= facts
     result["config"] = config.to_dict()

@@ -46,12 +46,19 @@ def test_cli_trains_then_reuses_the_run_as_weights(tmp_path, env, capsys):
     assert first["classes"] == ["box", "disc", "wedge"] and len(first["per_class_acc"]) == 3
     assert sum(map(sum, first["confusion"])) == first["val_size"] and first["skipped"] == []
     assert first["split_gaps"] == {}
+    assert first["splits"]["train"] + first["splits"]["val"] + first["splits"]["test"] == 24
+    assert first["splits"]["test"] == first["test_size"] == 6 and len(first["splits"]["test_digest"]) == 16
+    assert 0 <= first["test_acc"] <= 1 and len(first["test_per_class_acc"]) == 3
+    assert first["weights_epoch"] == first["best_epoch"] == 1 and first["epochs_done"] == 1
     record = RunStore(runs).load(first["run_id"])
     assert record.status == "finished" and record.has_weights and record.config.preset == "full"
 
-    # Head-only from that run's weights, in process.
-    assert main(["--preset", "head", "--weights", f"run:{first['run_id']}", *common]) == 0
+    # Head-only from that run's weights, in process, with the options of the honest answer.
+    assert main(["--preset", "head", "--weights", f"run:{first['run_id']}", *common, "--epochs", "3", "--keep", "last",
+                 "--early-stop", "1", "--test-fraction", "0.4"]) == 0
     second = json.loads(capsys.readouterr().out)
+    assert second["config"]["keep"] == "last" and second["config"]["early_stop"] == 1
+    assert second["weights_epoch"] == second["epochs_done"] and second["splits"]["test"] == 9  # 40% of 8 per class (3), not the default 20% (2)
     assert second["status"] == "finished"
     assert second["trainable_params"] == 512 * 3 + 3
     assert second["freeze_audit"]["ok"] and second["freeze_audit"]["checked_tensors"] > 0

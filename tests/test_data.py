@@ -164,12 +164,12 @@ def test_folder_imagefolder_layout_with_skipped_files(tmp_path, data_dir):
     (root / "b" / "readme.txt").write_text("nope")
     (root / "b" / ".DS_Store").write_bytes(b"\0")
     ds = load_dataset(str(root), data_dir=data_dir)
-    assert ds.classes == ["a", "b"] and not ds.given_split
-    assert len(ds.train) + len(ds.val) == 10
+    assert ds.classes == ["a", "b"] and not ds.given
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 10
     assert {f for f, _ in ds.skipped} == {"a/broken.png", "b/text.jpg", "b/readme.txt"}
     counts = ds.counts()
-    assert list(counts.columns) == ["class", "train", "val"]
-    assert counts["val"].tolist() == [1, 1] and counts["train"].tolist() == [4, 4]
+    assert list(counts.columns) == ["class", "train", "val", "test"]
+    assert counts["test"].tolist() == [1, 1] and counts["val"].tolist() == [1, 1] and counts["train"].tolist() == [3, 3]
     assert all(isinstance(s, Sample) and s.path.is_absolute() or s.path.exists() for s in ds.train)
 
 
@@ -177,10 +177,37 @@ def test_folder_split_layout_is_used_as_given(tmp_path, data_dir):
     root = tmp_path / "hymenoptera"
     make_folder(root, ("ants", "bees"), n=4, split="train")
     make_folder(root, ("ants", "bees"), n=2, split="val")
+    make_folder(root, ("ants", "bees"), n=3, split="test")
     ds = load_dataset(str(root), data_dir=data_dir, val_fraction=0.5)
-    assert ds.given_split and ds.classes == ["ants", "bees"]
-    assert len(ds.train) == 8 and len(ds.val) == 4
+    assert ds.given == ("train", "val", "test") and ds.classes == ["ants", "bees"]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (8, 4, 6)
     assert all("/val/" in s.path.as_posix() for s in ds.val)
+    assert all("/test/" in s.path.as_posix() for s in ds.test)
+
+
+def test_a_folder_with_train_and_test_draws_validation_from_train_and_keeps_its_test(tmp_path, data_dir):
+    root = tmp_path / "ds"
+    make_folder(root, ("a", "b"), n=10, split="train")
+    make_folder(root, ("a", "b"), n=3, split="test")
+    one, other = (load_dataset(str(root), data_dir=data_dir, seed=seed) for seed in (0, 1))
+    assert one.given == other.given == ("train", "test")
+    assert one.test == other.test and all("/test/" in s.path.as_posix() for s in one.test)
+    assert one.counts()["val"].tolist() == [2, 2] and one.val != other.val
+    assert all("/train/" in s.path.as_posix() for s in one.val + one.train)
+
+
+def test_the_test_split_is_disjoint_stratified_and_the_same_for_every_seed(tmp_path, data_dir):
+    root = make_folder(tmp_path / "ds", ("a", "b", "c"), n=10)
+    runs = [load_dataset(str(root), data_dir=data_dir, seed=seed) for seed in range(4)]
+    test = {s.path for s in runs[0].test}
+    for ds in runs:
+        assert {s.path for s in ds.test} == test and ds.test_digest() == runs[0].test_digest()
+        assert not test & {s.path for s in ds.train + ds.val}
+        assert ds.counts()["test"].tolist() == [2, 2, 2]  # 20% of every class
+        assert len({s.path for s in ds.train + ds.val + ds.test}) == 30
+    assert len({tuple(s.path for s in ds.val) for ds in runs}) > 1  # the seed still draws validation
+    wider = load_dataset(str(root), data_dir=data_dir, test_fraction=0.3)
+    assert wider.counts()["test"].tolist() == [3, 3, 3] and wider.test_digest() != runs[0].test_digest()
 
 
 def test_stratified_split_is_deterministic_from_seed(tmp_path, data_dir):
@@ -190,7 +217,7 @@ def test_stratified_split_is_deterministic_from_seed(tmp_path, data_dir):
     other = load_dataset(str(root), data_dir=data_dir, seed=2)
     assert one.val == again.val and one.train == again.train
     assert one.val != other.val
-    assert one.counts()["val"].tolist() == [2, 2, 2]  # stratified: 20% of every class
+    assert one.counts()["val"].tolist() == [2, 2, 2]  # stratified: 20% of what the test split left, per class
     assert not {s.path for s in one.train} & {s.path for s in one.val}
 
 
@@ -248,7 +275,7 @@ def test_import_zip_from_path_and_split_layout(tmp_path, data_dir):
     z.write_bytes(make_zip(entries))
     root = import_zip(z, data_dir)
     ds = load_dataset(str(root), data_dir=data_dir)
-    assert ds.given_split and len(ds.val) == 2 and not ds.skipped
+    assert ds.given == ("train", "val") and len(ds.val) == 2 and not ds.skipped
     assert not (root / "__MACOSX").exists()
     assert load_dataset(str(z), data_dir=data_dir).classes == ["cat", "dog"]  # a .zip path as a ref
 
@@ -306,7 +333,7 @@ def test_demo_world_small_is_deterministic_and_balanced(data_dir):
     ds = load_dataset("demo-target", data_dir=data_dir, demo_per_class=5)
     assert ds.ref == "demo-target:5" and ds.root == data_dir / "demo-target-5"
     assert ds.classes == ["diamond", "pentagon", "star4", "tshape"]
-    assert ds.counts()["train"].tolist() == [4] * 4 and not ds.skipped
+    assert ds.counts()["train"].tolist() == [3] * 4 and ds.counts()["test"].tolist() == [1] * 4 and not ds.skipped
     again = load_dataset("demo-target:5", data_dir=data_dir)
     assert again.train == ds.train
     img = np.asarray(Image.open(ds.train[0].path))
@@ -357,7 +384,7 @@ def test_torchvision_dataset_is_exported_to_a_folder(data_dir, monkeypatch):
         classes = ["airplane", "automobile"]
 
         def __init__(self, root, train, download):
-            self.items = [(Image.new("RGB", (32, 32), (i * 30, 0, 0)), i % 2) for i in range(6 if train else 2)]
+            self.items = [(Image.new("RGB", (32, 32), (i * 30, 0, 0)), i % 2) for i in range(8 if train else 2)]
 
         def __len__(self):
             return len(self.items)
@@ -367,7 +394,8 @@ def test_torchvision_dataset_is_exported_to_a_folder(data_dir, monkeypatch):
 
     monkeypatch.setattr(tvd, "CIFAR10", FakeCifar)
     ds = load_dataset("cifar10", data_dir=data_dir)
-    assert ds.given_split and ds.classes == ["airplane", "automobile"] and len(ds.train) == 6 and len(ds.val) == 2
+    assert ds.given == ("train", "test") and ds.classes == ["airplane", "automobile"]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (6, 2, 2)  # its own test set; validation from train
     monkeypatch.setattr(tvd, "CIFAR10", None)  # exported once: no second download
     assert load_dataset("cifar10", data_dir=data_dir).classes == ["airplane", "automobile"]
 
@@ -430,8 +458,8 @@ def test_dataset_name_is_a_folder_s_own_name(ref, name):
     assert data.dataset_name(ref) == name
 
 
-@pytest.mark.parametrize("train, val", [("train", "test"), ("training", "testing"), ("train", "valid")])
-def test_train_and_test_folders_are_a_split(train, val, tmp_path):
+@pytest.mark.parametrize("train, val", [("train", "val"), ("training", "validation"), ("train", "valid")])
+def test_train_and_val_folders_are_a_split(train, val, tmp_path):
     """A folder with train/ and test/ was read as two classes named "train" and "test"."""
     root = tmp_path / "ds"
     for split, n in ((train, 3), (val, 2)):
@@ -440,8 +468,8 @@ def test_train_and_test_folders_are_a_split(train, val, tmp_path):
             for i in range(n):
                 (root / split / c / f"{i}.png").write_bytes(png_bytes())
     ds = load_dataset(str(root), data_dir=tmp_path / "data")
-    assert ds.classes == ["cat", "dog"] and ds.given_split
-    assert (len(ds.train), len(ds.val)) == (6, 4)
+    assert ds.classes == ["cat", "dog"] and ds.given == ("train", "val")
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (4, 4, 2)  # the test share comes out of train
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])  # bilinear 256/224; bicubic 256/224

@@ -24,9 +24,11 @@ def folder(tmp_path_factory):
 
 
 def estimate_for(config, device=CPU):
-    ds = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
+    ds = load_dataset(config.dataset, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                      seed=config.seed)
     profile = cost_profile(config.arch, config.num_classes, config.image_size)
-    return run_memory(profile, config, train_images=len(ds.train), val_images=len(ds.val), device=device)
+    return run_memory(profile, config, train_images=len(ds.train), val_images=len(ds.val), device=device,
+                      test_images=len(ds.test))
 
 
 @pytest.mark.parametrize("arch,preset,changes", [
@@ -50,9 +52,9 @@ def test_run_estimate_matches_the_peak_of_a_real_run(folder, tmp_path, arch, pre
 def test_parts_of_the_estimate(folder):
     config = config_for(folder, preset="head", arch="resnet18", image_size=(64, 64))
     est = estimate_for(config)
-    n = est.images
-    assert n == 36
-    assert est.data_bytes == n * 3 * 64 * 64  # uint8
+    n = est.images  # training and validation images: what the feature cache covers
+    assert n == 30
+    assert est.data_bytes == (n + 6) * 3 * 64 * 64  # uint8, the 6 test images too
     assert est.feature_cache.used and est.feature_cache.prefix == "flatten"
     assert est.features_bytes == n * 512 * 4  # ResNet-18's pooled features, fp32 on the CPU
     assert est.step.cached_calls == len(cost_profile("resnet18", 3, (64, 64)).calls) - 1  # all but fc
@@ -61,6 +63,8 @@ def test_parts_of_the_estimate(folder):
     assert est.checkpoint_bytes == 4 * est.step.trainable + est.step.weights_bytes - 4 * est.step.total
     assert est.drift_bytes == 4 * est.step.trainable  # the layer drift's start copy of the trainable fc
     assert est.drift_diff_bytes == 4 * 512 * 3  # fc.weight, the largest trainable tensor
+    assert est.best_bytes == est.drift_bytes + est.checkpoint_bytes - 4 * est.step.trainable  # trainable + buffers
+    assert estimate_for(config.replace(keep="last")).best_bytes == 0
     assert set(est.moments) == {"training step", "evaluation", "feature pass", "layer drift", "saving"}
     assert est.peak_bytes == max(est.moments.values())
     assert est.peak_moment in est.moments

@@ -16,17 +16,19 @@ from torch import nn
 from core.config import RunConfig
 from core.data import DatasetError
 from core.engine import FAULT_ENV, build_optimizer, inputs, train
+from core.data.tensors import normalize
 from core.engine.augment import (
     augment_batch,
     color_jitter,
     random_flip,
     random_resized_crop,
 )
+from core.engine.best import KeptWeights, best_index, plateaued
 from core.engine.inputs import Shipped, decode_dataset, shipped_weights, split_index
 from core.engine.loop import batch_slices
 from core.freezing import is_frozen_bn, preset_frozen, set_frozen
 from core.jobs import RunCancelled
-from core.models import build_model, build_skeleton, forward_chain, run_chain
+from core.models import build_model, build_skeleton, forward_chain, prepare_model, run_chain
 
 CPU = torch.device("cpu")
 CLASSES = ("disc", "box", "wedge")
@@ -391,6 +393,82 @@ def test_a_run_on_shipped_inputs_trains_as_the_run_that_reads_them(folder, tmp_p
     assert remote_monitor.losses == local_monitor.losses
     assert torch.equal(remote.state_dict["fc.weight"], local.state_dict["fc.weight"])
     assert remote.summary.val_acc == local.summary.val_acc
-    assert len(decoded.paths) == remote.summary.train_size + remote.summary.val_size
+    assert len(decoded.paths) == remote.summary.train_size + remote.summary.val_size + remote.summary.test_size
+    assert remote.summary.test_acc == local.summary.test_acc and remote.summary.splits == local.summary.splits
     other_seed = split_index(config.replace(seed=4), decoded)
     assert other_seed.index["val"] != shipped.split.index["val"]  # the seed draws the split; the images stay
+
+
+# --------------------------------------------------------------------------- kept weights, early stop, test
+
+
+def accuracy_of(state_dict, config, split):
+    """`split`'s accuracy (as `prepare_data` builds it) for the weights a run saved, evaluated apart
+    from the engine: the run's starting model with the saved tensors loaded, batch by batch."""
+    torch.manual_seed(config.seed)
+    model, _ = prepare_model(config.arch, config.num_classes, "none")
+    model.load_state_dict(state_dict, strict=False)
+    model.eval()
+    data = inputs.prepare_data(config, CPU)
+    images = data.test if split == "test" else data.splits[split]
+    with torch.no_grad():
+        predicted = torch.cat([model(normalize(images.x[i:i + config.batch_size], data.pre)).argmax(1)
+                               for i in range(0, len(images), config.batch_size)])
+    return (predicted == images.y).sum().item() / len(images)
+
+
+def test_keep_best_ends_with_the_best_validation_epochs_weights(folder, tmp_path):
+    config = config_for(folder, "head", epochs=5, lr=0.1, keep="best")
+    result, monitor = run(config, tmp_path)
+    accs = [e["val_acc"] for e in monitor.epochs]
+    summary = result.summary
+    assert accs.index(max(accs)) < len(accs) - 1  # the best epoch is not the last: the choice is a real one
+    assert summary.weights_epoch == summary.best_epoch == accs.index(max(accs)) + 1
+    assert summary.val_acc == summary.best_val_acc == max(accs) and summary.last_val_acc == accs[-1]
+    assert summary.per_class_acc == monitor.epochs[summary.weights_epoch - 1]["per_class_acc"]
+    assert accuracy_of(result.state_dict, config, "val") == summary.val_acc  # re-evaluated: the kept weights
+
+
+def test_keep_last_ends_with_the_last_epochs_weights(folder, tmp_path):
+    config = config_for(folder, "head", epochs=5, lr=0.1, keep="last")
+    result, monitor = run(config, tmp_path)
+    assert result.summary.weights_epoch == result.summary.epochs_done == 5
+    assert result.summary.val_acc == monitor.epochs[-1]["val_acc"]
+    assert accuracy_of(result.state_dict, config, "val") == result.summary.val_acc
+
+
+def test_kept_weights_are_restored_exactly():
+    model = build_skeleton("resnet18", 3).to_empty(device="cpu")
+    set_frozen(model, preset_frozen(model, "resnet18", "head"))
+    kept = KeptWeights(frozenset(n for n, p in model.named_parameters() if p.requires_grad))
+    kept.offer(model, 0.5)
+    best = {n: t.clone() for n, t in model.state_dict().items()}
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+        model.bn1.running_mean.add_(1.0)
+    kept.offer(model, 0.4)  # worse: not copied
+    kept.restore(model)
+    assert kept.epoch == 1
+    assert all(torch.equal(t, best[n]) for n, t in model.state_dict().items())
+
+
+def test_early_stopping_ends_a_run_on_a_plateau(folder, tmp_path):
+    config = config_for(folder, "head", epochs=6, lr=1e-9, early_stop=2)  # too small a rate to move anything
+    result, monitor = run(config, tmp_path)
+    assert [e["epoch"] for e in monitor.epochs] == [1, 2, 3]  # epoch 1 the best, two more without a better one
+    assert result.summary.epochs_done == 3 and result.summary.epochs == 6 and result.summary.weights_epoch == 1
+    assert plateaued([0.5, 0.6, 0.6, 0.6], 2) and not plateaued([0.5, 0.6, 0.6], 2)
+    assert not plateaued([0.5, 0.5, 0.5], 0) and best_index([0.2, 0.7, 0.7]) == 1
+
+
+def test_a_run_is_graded_once_on_the_held_out_test_split(folder, tmp_path):
+    config = config_for(folder, "head", epochs=2)
+    result, _ = run(config, tmp_path)
+    summary = result.summary
+    assert summary.splits["train"] + summary.splits["val"] + summary.splits["test"] == 30
+    assert summary.splits["test"] == summary.test_size == 6 and len(summary.test_per_class_acc) == 3
+    assert summary.test_acc == accuracy_of(result.state_dict, config, "test")
+    assert sum(map(sum, summary.test_confusion)) == 6
+    other = run(config.replace(seed=1), tmp_path)[0].summary
+    assert other.splits["test_digest"] == summary.splits["test_digest"]  # the same test images for every seed
+    assert other.splits["val"] == summary.splits["val"]

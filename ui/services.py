@@ -86,11 +86,12 @@ def misclassified(run_id: str, mtime: float, device: str, limit: int) -> pd.Data
 
 
 @st.cache_data(max_entries=16, show_spinner="Checking images…")
-def dataset(ref: str, seed: int, val_fraction: float, root_dir: str) -> data.Dataset:
+def dataset(ref: str, seed: int, val_fraction: float, test_fraction: float, root_dir: str) -> data.Dataset:
     """A dataset reference checked and split (every image file opened once; later calls are cached)."""
-    return data.load_dataset(ref, data_dir=Path(root_dir), val_fraction=val_fraction, seed=seed)
+    return data.load_dataset(ref, data_dir=Path(root_dir), val_fraction=val_fraction, test_fraction=test_fraction,
+                             seed=seed)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def thumbnails(ref: str, seed: int, val_fraction: float, root_dir: str):
-    return data.preview(dataset(ref, seed, val_fraction, root_dir), per_class=8)
+def thumbnails(ref: str, seed: int, val_fraction: float, test_fraction: float, root_dir: str):
+    return data.preview(dataset(ref, seed, val_fraction, test_fraction, root_dir), per_class=8)

@@ -97,13 +97,13 @@ def _load(tab: str) -> RunConfig | None:
 
 # --- what the Data page learned, for the other pages ----------------------------------------------
 _CLASSES = "dataset_classes"  # the class names of the dataset the Data page last checked
-_SIZES = "dataset_sizes"  # dataset reference -> (train images, val images), for the Model page's run memory
+_SIZES = "dataset_sizes"  # dataset reference -> (train, val, test images), for the Model page's run memory
 
 
 def remember_dataset(ds: Dataset) -> None:
     """Keep the facts of the dataset the Data page checked: its classes, and its split sizes."""
     st.session_state[_CLASSES] = list(ds.classes)
-    st.session_state.setdefault(_SIZES, {})[ds.ref] = (len(ds.train), len(ds.val))
+    st.session_state.setdefault(_SIZES, {})[ds.ref] = (len(ds.train), len(ds.val), len(ds.test))
 
 
 def dataset_classes() -> list[str] | None:
@@ -116,8 +116,8 @@ def forget_dataset_classes() -> None:
     st.session_state.pop(_CLASSES, None)
 
 
-def dataset_sizes(ref: str) -> tuple[int, int] | None:
-    """(train, val) image counts of `ref` as the Data page found them, None when it has not checked it."""
+def dataset_sizes(ref: str) -> tuple[int, int, int] | None:
+    """(train, val, test) image counts of `ref` as the Data page found them, None when it has not checked it."""
     return st.session_state.get(_SIZES, {}).get(ref)
 
 

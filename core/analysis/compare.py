@@ -242,13 +242,14 @@ def misclassified(record: RunRecord, *, device: torch.device | str = "cpu", limi
     """The run's misclassified validation images, highest loss first.
 
     The validation split is rebuilt as the run made it (`load_dataset` with the
-    run's dataset, val_fraction and seed) and classified with the run's final
+    run's dataset, split fractions and seed) and classified with the run's final
     model and its evaluation transform. Columns: path, true, predicted, loss,
     confidence (the predicted class's probability).
     """
     config = record.config
     clf = load_run_model(record, device, record.summary.precision or "fp32", runs_dir=runs_dir)
-    dataset = load_dataset(config.dataset, data_dir=data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    dataset = load_dataset(config.dataset, data_dir=data_dir, val_fraction=config.val_fraction,
+                           test_fraction=config.test_fraction, seed=config.seed)
     if list(dataset.classes) != clf.classes:
         raise ValueError(f"The dataset {config.dataset!r} now has other classes than run {record.name!r} was trained on.")
     columns = ["path", "true", "predicted", "loss", "confidence"]

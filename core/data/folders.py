@@ -1,8 +1,12 @@
 """Folders of images in the ImageFolder layout: scanning, checking every file, splitting.
 
-``root/<class>/<image>`` is split stratified by a seed; ``root/train/<class>/...`` +
-``root/val/<class>/...`` (as in the PyTorch tutorials) is used as given. Image verdicts are cached in
-a small JSON index keyed on file name, size and mtime.
+Three splits. **test** is held out from every choice (a sweep's strategy, a rate, a run's best
+epoch): a folder's own ``test/`` as it is, else a stratified share carved with the fixed
+`TEST_SEED`, so it is the same images for every seed and every run on the dataset. **val** chooses:
+a folder's own ``val/``, else a stratified share of what the test left, drawn with the run's seed.
+**train** is the rest. ``root/<class>/<image>`` and ``root/train/<class>/...`` (beside ``val/`` and/or
+``test/``, as in the PyTorch tutorials) are both read. Image verdicts are cached in a small JSON
+index keyed on file name, size and mtime.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ INDEX_VERSION = 1
 
 IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 _TRAIN_SPLIT_NAMES = ("train", "training")
-_VAL_SPLIT_NAMES = ("val", "valid", "validation", "test", "testing")  # the first present is the validation split
-SPLIT_NAMES = _TRAIN_SPLIT_NAMES + _VAL_SPLIT_NAMES
+_VAL_SPLIT_NAMES = ("val", "valid", "validation")  # the first present is the validation split
+_TEST_SPLIT_NAMES = ("test", "testing")
+SPLIT_NAMES = _TRAIN_SPLIT_NAMES + _VAL_SPLIT_NAMES + _TEST_SPLIT_NAMES
+TEST_SEED = 20230  # carves a dataset's test share: fixed, so no run seed ever moves an image into or out of it
 
 # --- folders ---------------------------------------------------------------------------------------
 
@@ -50,12 +56,14 @@ def find_root(folder: Path) -> Path:
     return folder
 
 
-def _split_dirs(root: Path) -> tuple[Path, Path] | None:
-    """(train, val) folders when `root` has a split layout (`train/` or `training/` beside `val/`,
-    `valid/`, `validation/`, `test/` or `testing/`, the first of those present), else None."""
-    train = next((root / n for n in _TRAIN_SPLIT_NAMES if (root / n).is_dir()), None)
-    val = next((root / n for n in _VAL_SPLIT_NAMES if (root / n).is_dir()), None)
-    return (train, val) if train and val else None
+def _split_dirs(root: Path) -> dict[str, Path] | None:
+    """{"train": folder, "val": folder, "test": folder} (the given ones) when `root` has a split layout:
+    `train/` or `training/` beside `val/` (`valid/`, `validation/`) and/or `test/` (`testing/`), the
+    first present of each; else None."""
+    found = {split: next((root / n for n in names if (root / n).is_dir()), None) for split, names in
+             (("train", _TRAIN_SPLIT_NAMES), ("val", _VAL_SPLIT_NAMES), ("test", _TEST_SPLIT_NAMES))}
+    given = {split: folder for split, folder in found.items() if folder is not None}
+    return given if "train" in given and len(given) > 1 else None
 
 
 def _refuse_split_names_as_classes(classes: list[str], root: Path) -> None:
@@ -66,8 +74,8 @@ def _refuse_split_names_as_classes(classes: list[str], root: Path) -> None:
     if named:
         raise DatasetError(
             f"{root.name or root} has folders named {', '.join(named)}, which look like splits, not classes. "
-            "Use root/<class>/<image>, or root/train/<class>/... with root/val/<class>/... "
-            f"(a validation folder may be named {', '.join(_VAL_SPLIT_NAMES)})."
+            "Use root/<class>/<image>, or root/train/<class>/... with root/val/<class>/... and/or "
+            f"root/test/<class>/... (a validation folder may be named {', '.join(_VAL_SPLIT_NAMES)})."
         )
 
 
@@ -168,22 +176,22 @@ def _scan_classes(folder: Path, root: Path) -> dict[str, list[tuple[str, int, in
 
 
 def _stratified_split(
-    per_class: dict[int, list[Path]], val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Per class, a seeded shuffle of the sorted files; the first share is val (at least one when a class has two)."""
+    per_class: dict[int, list[Path]], fraction: float, seed: int, *, keep: int = 1
+) -> tuple[dict[int, list[Path]], dict[int, list[Path]]]:
+    """(rest, share) per class: a seeded shuffle of the sorted files, its first `fraction` the share, at
+    least one image when the class has more than `keep` and never so many that fewer than `keep` stay."""
     rng = random.Random(seed)
-    train, val = [], []
+    rest, share = {}, {}
     for label in sorted(per_class):
         paths = sorted(per_class[label])
         rng.shuffle(paths)
-        n_val = round(len(paths) * val_fraction)
-        if len(paths) >= 2:
-            n_val = min(max(n_val, 1), len(paths) - 1)
-        else:
-            n_val = 0
-        val += [Sample(p, label) for p in paths[:n_val]]
-        train += [Sample(p, label) for p in paths[n_val:]]
-    return train, val
+        n = min(max(round(len(paths) * fraction), 1), len(paths) - keep) if len(paths) > keep else 0
+        share[label], rest[label] = paths[:n], paths[n:]
+    return rest, share
+
+
+def _samples(per_class: dict[int, list[Path]]) -> list[Sample]:
+    return [Sample(p, label) for label in sorted(per_class) for p in per_class[label]]
 
 
 def _too_few_classes(found: list[str], where: Path) -> DatasetError:
@@ -199,10 +207,11 @@ def _too_few_classes(found: list[str], where: Path) -> DatasetError:
 
 
 def load_folder(
-    root: Path, *, ref: str, data_dir: Path, val_fraction: float = 0.2, seed: int = 0, progress: Progress | None = None,
-    shown_as: str | None = None,
+    root: Path, *, ref: str, data_dir: Path, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+    progress: Progress | None = None, shown_as: str | None = None,
 ) -> Dataset:
-    """Read an ImageFolder-style folder (flat or with train/ and val/), check its images and split it.
+    """Read an ImageFolder-style folder (flat, or with train/ beside val/ and/or test/), check its
+    images and split it into train, val and test (see the module docstring).
 
     `shown_as` names the folder in messages when its own name means nothing to the user ("the zip").
     """
@@ -212,7 +221,7 @@ def load_folder(
         root = find_root(root)
         split = _split_dirs(root)
         if split:
-            groups = {"train": _scan_classes(split[0], root), "val": _scan_classes(split[1], root)}
+            groups = {name: _scan_classes(folder, root) for name, folder in split.items()}
         else:
             groups = {"all": _scan_classes(root, root)}
     except OSError as exc:  # e.g. a folder this user may not read
@@ -235,10 +244,11 @@ def load_folder(
     if len(classes) < 2:
         raise _too_few_classes(classes, where)
     label = {c: i for i, c in enumerate(classes)}
-    if split:
-        train = [Sample(p, label[c]) for c, paths in good["train"].items() for p in sorted(paths) if c in label]
-        val = [Sample(p, label[c]) for c, paths in good["val"].items() for p in sorted(paths) if c in label]
-    else:
-        per_class = {label[c]: paths for c, paths in good["all"].items() if c in label}
-        train, val = _stratified_split(per_class, val_fraction, seed)
-    return Dataset(ref=ref, root=root, classes=classes, train=train, val=val, skipped=skipped, given_split=bool(split))
+    per_split = {name: {label[c]: sorted(paths) for c, paths in g.items() if c in label} for name, g in good.items()}
+    pool = per_split.get("train", per_split.get("all"))
+    if "test" not in per_split:
+        pool, per_split["test"] = _stratified_split(pool, test_fraction, TEST_SEED, keep=2)
+    if "val" not in per_split:
+        pool, per_split["val"] = _stratified_split(pool, val_fraction, seed)
+    return Dataset(ref=ref, root=root, classes=classes, train=_samples(pool), val=_samples(per_split["val"]),
+                   test=_samples(per_split["test"]), skipped=skipped, given=tuple(split or ()))

@@ -90,6 +90,7 @@ def load_dataset(
     *,
     data_dir: Path | None = None,
     val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
     seed: int = 0,
     progress: Progress | None = None,
     demo_per_class: int | None = None,
@@ -98,8 +99,10 @@ def load_dataset(
 
     `ref`: "demo-source" / "demo-target" (or "demo-source:<images per class>"),
     a folder path, a .zip path, "cifar10" or "flowers102". A folder's own
-    train/ + val/ split is used as given; otherwise each class is split
-    `val_fraction` to validation, deterministically from `seed`.
+    train/, val/ and test/ folders are used as given; a missing test split is
+    a stratified `test_fraction` carved with a fixed seed (the same images for
+    every `seed`), a missing validation split `val_fraction` of the rest,
+    drawn from `seed` (`core.data.folders`).
     `demo_per_class` overrides the demo size (the same as "demo-source:<n>");
     each size lives in its own folder (data_dir/"demo-source-200"), and the
     returned `Dataset.ref` is the canonical string for it. `progress(done,
@@ -108,9 +111,12 @@ def load_dataset(
     """
     if not 0 < val_fraction < 1:
         raise DatasetError(f"The validation fraction must be between 0 and 1, got {val_fraction}.")
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"The test fraction must be between 0 and 1, got {test_fraction}.")
     data_dir = Path(data_dir) if data_dir is not None else config.data_dir()
     ref, root = prepare_dataset(ref, data_dir=data_dir, progress=progress, demo_per_class=demo_per_class)
-    return load_folder(root, ref=ref, data_dir=data_dir, val_fraction=val_fraction, seed=seed, progress=progress)
+    return load_folder(root, ref=ref, data_dir=data_dir, val_fraction=val_fraction, test_fraction=test_fraction,
+                       seed=seed, progress=progress)
 
 
 # --- torchvision datasets --------------------------------------------------------------------------
@@ -119,7 +125,8 @@ _TV_NAMES = {"cifar10": "CIFAR-10", "flowers102": "Flowers102"}
 
 
 def _download_torchvision(name: str, data_dir: Path, progress: Progress | None) -> Path:
-    """Download a torchvision dataset (once) and export it to data_dir/<name>/{train,val}/<class>/*.png."""
+    """Download a torchvision dataset (once) and export its own splits to data_dir/<name>/<split>/<class>/*.png:
+    CIFAR-10's train and test (validation is then carved from train), Flowers102's train, val and test."""
     root = data_dir / name
     if (root / ".complete").exists():
         return root
@@ -131,9 +138,10 @@ def _download_torchvision(name: str, data_dir: Path, progress: Progress | None) 
         progress(0, 1, f"Downloading {_TV_NAMES[name]} into {downloads} (needs an internet connection)")
     try:
         if name == "cifar10":
-            splits = {"train": tvd.CIFAR10(downloads, train=True, download=True), "val": tvd.CIFAR10(downloads, train=False, download=True)}
-        else:  # Flowers102: its "train" and "val" splits (10 images per class each); "test" is left out
-            splits = {"train": tvd.Flowers102(downloads, split="train", download=True), "val": tvd.Flowers102(downloads, split="val", download=True)}
+            splits = {"train": tvd.CIFAR10(downloads, train=True, download=True),
+                      "test": tvd.CIFAR10(downloads, train=False, download=True)}
+        else:  # Flowers102: 10 training and 10 validation images per class, the rest (6149) its test set
+            splits = {split: tvd.Flowers102(downloads, split=split, download=True) for split in ("train", "val", "test")}
     except Exception as exc:  # URLError, OSError, RuntimeError (checksum) ...: all mean "not available here"
         raise DatasetError(
             f"Could not download {_TV_NAMES[name]} ({type(exc).__name__}: {exc}). This needs an internet "

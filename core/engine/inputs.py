@@ -22,7 +22,7 @@ from core.engine.loop import Split, place
 from core.models import Checkpoint, read_state_dict
 from core.store import resolve_weights
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -31,9 +31,11 @@ class RunData:
 
     classes: list[str]
     pre: Preprocess
-    splits: dict[str, Split]  # "train", "val"
+    splits: dict[str, Split]  # "train", "val": what training reads (and the feature cache covers)
     keys: dict[str, str]  # each split's decoded-images key (`decode_key`), which names its stored features
     skipped: int  # image files the dataset left out
+    test: Split  # held out: graded once, at the end, with the weights the run keeps
+    test_digest: str  # which images the test split holds (`Dataset.test_digest`)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class SplitIndex:
 
     index: dict[str, list[int]]
     keys: dict[str, str]
+    test_digest: str
 
 
 @dataclass
@@ -65,9 +68,15 @@ class Shipped:
     weights: str | Checkpoint  # a Checkpoint, or "none" / "imagenet" (drawn or downloaded where the run trains)
 
 
+def run_dataset(config: RunConfig) -> Dataset:
+    """The run's dataset, split as its config says (test fixed, validation drawn from its seed)."""
+    return load_dataset(config.dataset, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                        seed=config.seed)
+
+
 def checked_dataset(config: RunConfig) -> Dataset:
     """The run's dataset and split; `ValueError` for one that does not fit the run's head or lacks a split."""
-    dataset = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed)
+    dataset = run_dataset(config)
     if len(dataset.classes) != config.num_classes:
         raise ValueError(
             f"The dataset {config.dataset!r} has {len(dataset.classes)} classes but the run's head has "
@@ -83,13 +92,21 @@ def prepare_data(config: RunConfig, device: torch.device) -> RunData:
     dataset = checked_dataset(config)
     pre = preprocess_for(config.arch, config.weights, config.image_size)
     splits, keys = {}, {}
-    for name, samples in zip(SPLITS, (dataset.train, dataset.val)):
+    for name in SPLITS:
+        samples = getattr(dataset, name)
         paths = [s.path for s in samples]
         keys[name] = decode_key(paths, pre)
         x = decode_images(paths, pre, key=keys[name])
         y = torch.tensor([s.label for s in samples], dtype=torch.long, device=device)
         splits[name] = Split(place(x, device), y)
-    return RunData(list(dataset.classes), pre, splits, keys, len(dataset.skipped))
+    return _run_data(list(dataset.classes), pre, splits, keys, len(dataset.skipped), dataset.test_digest())
+
+
+def _run_data(classes: list[str], pre: Preprocess, splits: dict[str, Split], keys: dict[str, str], skipped: int,
+              test_digest: str) -> RunData:
+    test = splits.pop("test")
+    keys.pop("test")
+    return RunData(classes, pre, splits, keys, skipped, test, test_digest)
 
 
 def decode_dataset(config: RunConfig) -> DecodedDataset:
@@ -97,7 +114,7 @@ def decode_dataset(config: RunConfig) -> DecodedDataset:
     other) decoded with the run's preprocessing, in path order."""
     dataset = checked_dataset(config)
     pre = preprocess_for(config.arch, config.weights, config.image_size)
-    samples = sorted(dataset.train + dataset.val, key=lambda s: str(s.path))
+    samples = sorted(dataset.train + dataset.val + dataset.test, key=lambda s: str(s.path))
     x = decode_images([s.path for s in samples], pre)
     y = torch.tensor([s.label for s in samples], dtype=torch.long)
     return DecodedDataset(list(dataset.classes), pre, [str(s.path) for s in samples], x, y, len(dataset.skipped))
@@ -108,13 +125,14 @@ def split_index(config: RunConfig, decoded: DecodedDataset) -> SplitIndex:
     dataset = checked_dataset(config)
     position = {path: i for i, path in enumerate(decoded.paths)}
     index, keys = {}, {}
-    for name, samples in zip(SPLITS, (dataset.train, dataset.val)):
+    for name in SPLITS:
+        samples = getattr(dataset, name)
         try:
             index[name] = [position[str(s.path)] for s in samples]
         except KeyError as exc:
             raise ValueError(f"{exc.args[0]} is not among the decoded images: the dataset changed; start again.") from None
         keys[name] = decode_key([s.path for s in samples], decoded.pre)
-    return SplitIndex(index, keys)
+    return SplitIndex(index, keys, dataset.test_digest())
 
 
 def place_data(shipped: Shipped, device: torch.device) -> RunData:
@@ -123,7 +141,8 @@ def place_data(shipped: Shipped, device: torch.device) -> RunData:
     for name in SPLITS:
         idx = torch.tensor(shipped.split.index[name], dtype=torch.long)
         splits[name] = Split(place(decoded.x[idx].contiguous(), device), decoded.y[idx].to(device))
-    return RunData(decoded.classes, decoded.pre, splits, dict(shipped.split.keys), decoded.skipped)
+    return _run_data(decoded.classes, decoded.pre, splits, dict(shipped.split.keys), decoded.skipped,
+                     shipped.split.test_digest)
 
 
 def shipped_weights(config: RunConfig, runs_dir: Path) -> str | Checkpoint:

@@ -3,7 +3,7 @@
 `prepare_data` (decoded once, on the device) -> `prepare_network` (weights, frozen set, the audit's
 snapshot) -> the phase plan (`core.freezing.phase_plan`, shared with the memory estimate) -> per
 phase the optimizer and the feature cache (`start_phase`, `phase_inputs`) -> `run_epoch` per epoch
--> `summarize`. The app's job manager calls `train` in a worker process (`core.jobs.worker`), the
+-> the kept weights (`core.engine.best`) graded on the held-out test split -> `summarize`. The app's job manager calls `train` in a worker process (`core.jobs.worker`), the
 command line (`python -m core.train`) in its own process, both through `core.jobs.execute`.
 
 Feature cache (`core.engine.features`)
@@ -22,6 +22,11 @@ Layer signals (`core.engine.signals`)
     Every epoch's record carries ``layers``: per stage, how far its weights moved since the start and
     how large its gradients were. With ``config.auto_rgn`` every tensor's rate is scaled by its
     relative gradient norm at each epoch's first step.
+
+Best epoch, early stopping, test
+    ``config.keep`` chooses the weights a run ends with (its best validation epoch's, or its last
+    epoch's), ``config.early_stop`` ends it on a validation plateau. The test split is seen once,
+    after training, by the kept weights: its accuracy is never what chose anything.
 
 Timings
     ``summary.timings`` splits the run's wall time into data (index, decoded images, to the device),
@@ -46,6 +51,7 @@ from core.config import data_dir as default_data_dir
 from core.config import runs_dir as default_runs_dir
 from core.devices import amp_dtype, peak_memory, pick_device
 from core.engine.audit import freeze_audit, freeze_snapshot
+from core.engine.best import KeptWeights, best_index, plateaued
 from core.engine.events import Monitor, TrainResult
 from core.engine.faults import with_faults
 from core.engine.features import feature_key, prefix_features, prefix_fingerprint
@@ -75,6 +81,7 @@ class RunNetwork:
     chain: list[models.Step]
     load_report: LoadReport | None
     frozen_before: dict[str, Tensor]  # CPU copies of what must not move (`freeze_snapshot`)
+    trainable_names: frozenset[str]  # the parameters some phase of the run trains
     trainable: int
     frozen: int
     drift: LayerDrift  # per stage: how far the weights moved, how large the gradients were
@@ -127,22 +134,35 @@ def train(config: RunConfig, monitor: Monitor, *, device: torch.device | None = 
 
     features = FeatureCache(default_data_dir() / ".cache")
     history, plans, groups = [], [], []
+    kept = KeptWeights(network.trainable_names)
     shuffle = torch.Generator().manual_seed(config.seed)
     for index, phase in enumerate(phases):
+        if history and plateaued([r["val_acc"] for r in history], config.early_stop):
+            break  # stopped early: later phases do not start
         if index > 0:
             state = start_phase(network, config, phase, data, loop)
             features.features = {k: f for k, f in features.features.items() if state.plan.used and k[1] == state.plan.prefix}
         groups.append(state.groups)
+        plans.append(state.plan.to_dict())
         for epoch in range(phase.first_epoch, phase.last_epoch + 1):
             history.append(run_epoch(network, config, data, state, loop, features, epoch, shuffle))
+            plans[-1] = state.plan.to_dict()
+            if config.keep == "best":
+                kept.offer(network.model, history[-1]["val_acc"])
             monitor.on_epoch(history[-1])
-        plans.append(state.plan.to_dict())
+            if plateaued([r["val_acc"] for r in history], config.early_stop):
+                break
     t_finish = time.perf_counter()
+    if config.keep == "best":
+        kept.restore(network.model)
+    test = grade_test(network, config, data, loop)
     state_dict = final_weights(network.model)
     timings |= {"features_s": features.seconds,
                 "epochs_s": sum(r["epoch_time_s"] for r in history) - features.seconds}
     summary = summarize(start, config, history, plans, groups, freeze_audit(network.model, network.frozen_before),
-                        timings | {"finish_s": time.perf_counter() - t_finish}, time.perf_counter() - t_start)
+                        timings | {"finish_s": time.perf_counter() - t_finish}, time.perf_counter() - t_start,
+                        kept_epoch=kept.epoch if config.keep == "best" else len(history), test=test,
+                        test_digest=data.test_digest)
     return TrainResult(summary=summary, state_dict=state_dict)
 
 
@@ -173,7 +193,9 @@ def prepare_network(config: RunConfig, device: torch.device, runs_dir: Path | No
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    return RunNetwork(model, models.forward_chain(model, config.arch), report, frozen_before, trainable, frozen, drift)
+    trainable_names = frozenset(n for n, p in model.named_parameters() if p.requires_grad)
+    return RunNetwork(model, models.forward_chain(model, config.arch), report, frozen_before, trainable_names,
+                      trainable, frozen, drift)
 
 
 def start_phase(network: RunNetwork, config: RunConfig, phase: Phase, data: RunData, loop: Loop) -> PhaseState:
@@ -195,7 +217,7 @@ def start_facts(config: RunConfig, data: RunData, network: RunNetwork, state: Ph
         total_steps=steps_per_epoch * config.epochs, steps_per_epoch=steps_per_epoch, epochs=config.epochs,
         classes=data.classes, device=str(loop.feeder.device), precision="bf16" if loop.amp_dtype else "fp32",
         param_groups=state.groups, feature_cache=state.plan.to_dict(), train_size=len(data.splits["train"]),
-        val_size=len(data.splits["val"]), skipped=data.skipped, trainable_params=network.trainable,
+        val_size=len(data.splits["val"]), test_size=len(data.test), skipped=data.skipped, trainable_params=network.trainable,
         frozen_params=network.frozen, load_report=network.load_report.to_dict() if network.load_report else None,
     )
 
@@ -289,6 +311,17 @@ def _steps_per_epoch(data: RunData, config: RunConfig) -> int:
     return len(batch_slices(len(data.splits["train"]), config.batch_size))
 
 
+def grade_test(network: RunNetwork, config: RunConfig, data: RunData, loop: Loop) -> dict | None:
+    """The kept weights on the held-out test split, through the whole model (`evaluate`'s figures
+    under `test_` names); None when the dataset has no test images."""
+    if not len(data.test):
+        return None
+    network.model.eval()
+    stats = evaluate(network.model, data.test, loop, config.num_classes, features=False)
+    return {"test_acc": stats["val_acc"], "test_loss": stats["val_loss"], "test_per_class_acc": stats["per_class_acc"],
+            "test_confusion": stats["confusion"]}
+
+
 def final_weights(model: nn.Module) -> dict[str, Tensor]:
     """What the store saves: the trainable parameters and every buffer, as CPU copies of their own
     (the frozen rest comes back from the run's starting weights)."""
@@ -298,14 +331,16 @@ def final_weights(model: nn.Module) -> dict[str, Tensor]:
 
 
 def summarize(start: RunStart, config: RunConfig, history: list[dict], plans: list[dict], groups: list[list[dict]],
-              audit: dict, timings: dict, total_s: float) -> RunSummary:
-    """The run's `RunSummary`: its start facts, the last and the best epoch, and where the time went.
+              audit: dict, timings: dict, total_s: float, *, kept_epoch: int, test: dict | None,
+              test_digest: str) -> RunSummary:
+    """The run's `RunSummary`: its start facts, the kept epoch's figures (validation and test), the
+    best epoch, and where the time went.
 
     images/s is the training images over the training passes' time (validation excluded; a phase's
     first epoch includes computing its cached features), not a mean of per-epoch rates, which short
     epochs would dominate.
     """
-    final, best = history[-1], max(history, key=lambda r: r["val_acc"])
+    final, best = history[kept_epoch - 1], history[best_index([r["val_acc"] for r in history])]
     unfreezing = None
     if len(groups) > 1:
         unfreezing = {"after_epoch": config.unfreeze_after, "head_only_groups": groups[0], "groups": groups[-1],
@@ -314,7 +349,9 @@ def summarize(start: RunStart, config: RunConfig, history: list[dict], plans: li
         **(start.to_dict() | {"param_groups": groups[-1], "feature_cache": plans[-1]}),
         val_acc=final["val_acc"], best_val_acc=best["val_acc"], best_epoch=best["epoch"],
         train_acc=final["train_acc"], train_loss=final["train_loss"], val_loss=final["val_loss"],
-        per_class_acc=final["per_class_acc"],
+        per_class_acc=final["per_class_acc"], last_val_acc=history[-1]["val_acc"], weights_epoch=kept_epoch,
+        epochs_done=len(history), **(test or {}),
+        splits={"train": start.train_size, "val": start.val_size, "test": start.test_size, "test_digest": test_digest},
         images_per_s=start.train_size * len(history) / sum(r["train_time_s"] for r in history),
         total_time_s=total_s, peak_mem_bytes=max(r["peak_mem_bytes"] for r in history),
         gradual_unfreezing=unfreezing, freeze_audit=audit,

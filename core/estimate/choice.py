@@ -29,14 +29,14 @@ class ChoiceCosts:
 
 
 def choice_costs(profile: CostProfile, config: RunConfig, device: torch.device, *,
-                 sizes: tuple[int, int] | None = None, skeleton: nn.Module | None = None) -> ChoiceCosts:
-    """`config`'s costs against full fine-tuning; `sizes` = (train, val) images, `skeleton` a meta-device
+                 sizes: tuple[int, ...] | None = None, skeleton: nn.Module | None = None) -> ChoiceCosts:
+    """`config`'s costs against full fine-tuning; `sizes` = (train, val, test) images, `skeleton` a meta-device
     model of the architecture to reuse (its frozen set and modes change)."""
     precision = "bf16" if amp_dtype(config.precision, device) is not None else "fp32"
     full = config.replace(frozen=(), preset="full")
     if sizes:
         mine_run, full_run = (run_memory(profile, c, train_images=sizes[0], val_images=sizes[1], device=device,
-                                         skeleton=skeleton) for c in (config, full))
+                                         skeleton=skeleton, test_images=sizes[2] if len(sizes) > 2 else 0) for c in (config, full))
         return ChoiceCosts(mine_run.step, full_run.step, mine_run, full_run, precision)
     options = dict(optimizer=config.optimizer, batch_size=config.batch_size, precision=precision,
                    bn_frozen_eval=config.bn_frozen_eval)

@@ -3,8 +3,8 @@
 `core.estimate.costs.estimate` costs one training step. A run of the engine
 (`core.engine.train`) also keeps, from start to end:
 
-- the decoded training and validation images (uint8, [N, 3, H, W]) on the
-  device when they fit (`core.devices.fits_on_device`);
+- the decoded training, validation and test images (uint8, [N, 3, H, W]) on
+  the device when they fit (`core.devices.fits_on_device`);
 - with the feature cache (`core.estimate.features.plan_features`, the same decision the
   engine makes), the prefix's output for every image, in the run's precision;
 
@@ -17,13 +17,15 @@ and its memory peaks in one of these moments (`RunMemory.moments`):
   gradients, optimizer state, saved activations, working set, bf16 weight
   copies), with the images and features still there;
 - **evaluation**: the forward of what is not cached at the batch size
-  without autograd, next to the weights, gradients and optimizer state.
+  without autograd, next to the weights, gradients and optimizer state
+  (and, once at the end, the test split's forward through the whole network).
 
 On the CPU the device memory is the host's, so more things count: the
 freeze audit's copies of the frozen tensors and the layer drift's copies of the
 trainable ones (`core.engine.signals.LayerDrift`; both taken before training,
-kept to the end), the difference of one trained tensor from its start at each
-epoch's end (**layer drift**), and, at the end, the copies of the trained
+kept to the end), with ``keep="best"`` the copies of the trainable tensors and
+buffers of the best epoch so far (`core.engine.best`), the difference of one
+trained tensor from its start at each epoch's end (**layer drift**), and, at the end, the copies of the trained
 weights and all buffers that become the run's checkpoint (**saving**).
 
 With gradual unfreezing the run has two phases (head only, then the
@@ -67,18 +69,20 @@ class RunMemory:
     checkpoint_bytes: int  # CPU only: copies of the trained weights and buffers at the end
     drift_bytes: int = 0  # CPU only: the layer drift's copies of the trainable tensors at the start
     drift_diff_bytes: int = 0  # CPU only: the largest trainable tensor, its difference from the start
+    best_bytes: int = 0  # CPU only, keep="best": copies of the trainable tensors and buffers of the best epoch so far
 
     @property
     def moments(self) -> dict[str, int]:
         """Bytes in use at each moment where the run can peak."""
         s = self.step
-        kept = self.data_bytes + self.features_bytes + self.audit_bytes + self.drift_bytes
+        before = self.data_bytes + self.features_bytes + self.audit_bytes + self.drift_bytes
+        kept = before + self.best_bytes  # the best epoch's copy exists from the first epoch's end
         state = s.weights_bytes + s.grads_bytes + s.optimizer_bytes
         out = {"training step": s.total_bytes + kept, "evaluation": state + self.eval_bytes + kept}
         if self.drift_diff_bytes:
             out["layer drift"] = state + kept + self.drift_diff_bytes
         if self.feature_cache.used:
-            out["feature pass"] = s.weights_bytes + self.feature_pass_bytes + kept
+            out["feature pass"] = s.weights_bytes + self.feature_pass_bytes + before
         if self.checkpoint_bytes:
             out["saving"] = state + kept + self.checkpoint_bytes
         return out
@@ -101,8 +105,8 @@ class RunMemory:
             ("Evaluation (no autograd)", human_bytes(self.eval_bytes)),
         ]
         if self.audit_bytes or self.checkpoint_bytes:
-            rows.append(("Copies for the freeze audit, the layer drift and the checkpoint (CPU)",
-                         human_bytes(self.audit_bytes + self.drift_bytes + self.checkpoint_bytes)))
+            rows.append(("Copies for the freeze audit, the layer drift, the best epoch and the checkpoint (CPU)",
+                         human_bytes(self.audit_bytes + self.drift_bytes + self.best_bytes + self.checkpoint_bytes)))
         rows.append((f"Peak for the run (during {self.peak_moment})", human_bytes(self.peak_bytes)))
         return [{"quantity": q, "value": v} for q, v in rows]
 
@@ -118,7 +122,7 @@ def cached_calls(profile: CostProfile, prefix: list[str]) -> int:
 
 
 def run_memory(profile: CostProfile, config: RunConfig, *, train_images: int, val_images: int,
-               device: torch.device, skeleton: nn.Module | None = None) -> RunMemory:
+               device: torch.device, skeleton: nn.Module | None = None, test_images: int = 0) -> RunMemory:
     """The device memory a run of `config` on `device` needs, for a dataset of that many images.
 
     `profile` is `cost_profile(config.arch, config.num_classes, config.image_size)`. `skeleton`: a
@@ -127,12 +131,12 @@ def run_memory(profile: CostProfile, config: RunConfig, *, train_images: int, va
     """
     if skeleton is None:
         skeleton = build_skeleton(config.arch, config.num_classes)
-    return max((_phase_memory(profile, config, phase.frozen, train_images, val_images, device, skeleton)
+    return max((_phase_memory(profile, config, phase.frozen, train_images, val_images, test_images, device, skeleton)
                 for phase in phase_plan(skeleton, config)), key=lambda m: m.peak_bytes)
 
 
 def _phase_memory(profile: CostProfile, config: RunConfig, frozen: tuple[str, ...], train_images: int,
-                  val_images: int, device: torch.device, skeleton: nn.Module) -> RunMemory:
+                  val_images: int, test_images: int, device: torch.device, skeleton: nn.Module) -> RunMemory:
     dtype = amp_dtype(config.precision, device)
     precision = "bf16" if dtype is not None else "fp32"
     elem_bytes = dtype.itemsize if dtype is not None else 4
@@ -156,13 +160,16 @@ def _phase_memory(profile: CostProfile, config: RunConfig, frozen: tuple[str, ..
     step = estimate(profile, frozen, optimizer=config.optimizer, batch_size=step_batch, precision=precision,
                     bn_frozen_eval=config.bn_frozen_eval, cached_calls=cached)
     h, w = config.image_size
-    data = images * 3 * h * w
+    data = (images + test_images) * 3 * h * w  # the test split waits on the device for the end
     data_bytes = data if fits_on_device(data, device) else 0
     features_bytes = images * math.prod(plan.shape) * elem_bytes if plan.used else 0
     calls = len(profile.calls)
     feature_pass = forward_pass_bytes(profile, range(cached), pass_batch, precision) if plan.used else 0
     evaluation = forward_pass_bytes(profile, range(cached, calls), eval_batch, precision) + step.casts_bytes
-    audit = checkpoint = drift = drift_diff = 0
+    if test_images:  # graded once at the end, through the whole network
+        test_batch = config.batch_size if padded else min(config.batch_size, test_images)
+        evaluation = max(evaluation, forward_pass_bytes(profile, range(calls), test_batch, precision) + step.casts_bytes)
+    audit = checkpoint = drift = drift_diff = best = 0
     if device.type == "cpu":
         drift, drift_diff = sum(moving), max(moving, default=0)
         audit = sum(p.numel() * 4 for p in skeleton.parameters() if not p.requires_grad)
@@ -170,5 +177,6 @@ def _phase_memory(profile: CostProfile, config: RunConfig, frozen: tuple[str, ..
             audit += sum(b.numel() * b.element_size() for m in skeleton.modules() if is_frozen_bn(m)
                          for b in m.buffers(recurse=False))
         checkpoint = 4 * step.trainable + profile.buffer_bytes
+        best = sum(moving) + profile.buffer_bytes if config.keep == "best" else 0
     return RunMemory(step, plan, images, data_bytes, features_bytes, feature_pass, evaluation, audit, checkpoint,
-                     drift, drift_diff)
+                     drift, drift_diff, best)

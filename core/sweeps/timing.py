@@ -58,6 +58,7 @@ def achieved_rate(profile: CostProfile, runs: Sequence[RunRecord], skeleton: nn.
     return statistics.median(rates) if rates else None
 
 
-def sweep_work(profile: CostProfile, configs: Sequence[RunConfig], sizes: tuple[int, int], skeleton: nn.Module) -> int:
-    """FLOPs of every member's whole run on `sizes` = (train, val) images."""
-    return sum(member_work(profile, c, skeleton).total(c.epochs, *sizes) for c in configs)
+def sweep_work(profile: CostProfile, configs: Sequence[RunConfig], sizes: tuple[int, ...], skeleton: nn.Module) -> int:
+    """FLOPs of every member's whole run on `sizes` = (train, val[, test]) images; the test split's one
+    forward pass at the end is left out (under one epoch's validation pass)."""
+    return sum(member_work(profile, c, skeleton).total(c.epochs, *sizes[:2]) for c in configs)
