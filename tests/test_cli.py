@@ -58,7 +58,7 @@ def test_cli_trains_then_reuses_the_run_as_weights(tmp_path, env, capsys):
                  "--early-stop", "1", "--test-fraction", "0.4"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["config"]["keep"] == "last" and second["config"]["early_stop"] == 1
-    assert second["weights_epoch"] == second["epochs_done"] and second["splits"]["test"] == 9  # 40% of 8 per class (3), not the default 20% (2)
+    assert second["weights_epoch"] == second["epochs_done"] and second["splits"]["test"] == 9  # 40% of 8 per class: 3
     assert second["status"] == "finished"
     assert second["trainable_params"] == 512 * 3 + 3
     assert second["freeze_audit"]["ok"] and second["freeze_audit"]["checked_tensors"] > 0

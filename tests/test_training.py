@@ -15,8 +15,8 @@ from torch import nn
 
 from core.config import RunConfig
 from core.data import DatasetError
-from core.engine import FAULT_ENV, build_optimizer, inputs, train
 from core.data.tensors import normalize
+from core.engine import FAULT_ENV, build_optimizer, inputs, train
 from core.engine.augment import (
     augment_batch,
     color_jitter,

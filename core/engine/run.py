@@ -3,8 +3,9 @@
 `prepare_data` (decoded once, on the device) -> `prepare_network` (weights, frozen set, the audit's
 snapshot) -> the phase plan (`core.freezing.phase_plan`, shared with the memory estimate) -> per
 phase the optimizer and the feature cache (`start_phase`, `phase_inputs`) -> `run_epoch` per epoch
--> the kept weights (`core.engine.best`) graded on the held-out test split -> `summarize`. The app's job manager calls `train` in a worker process (`core.jobs.worker`), the
-command line (`python -m core.train`) in its own process, both through `core.jobs.execute`.
+-> the kept weights (`core.engine.best`) graded on the held-out test split -> `summarize`. The
+app's job manager calls `train` in a worker process (`core.jobs.worker`), the command line
+(`python -m core.train`) in its own process, both through `core.jobs.execute`.
 
 Feature cache (`core.engine.features`)
     The longest prefix of the forward pass that is frozen and behaves the same in train and eval
