@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import codegen, estimate
-from core.config import data_dir
+from core.config import AUTO_RGN, data_dir
 from core.devices import pick_device
 from core.freezing import (
     PRESET_HELP,
@@ -38,6 +38,9 @@ from ui.session import dataset_classes, dataset_sizes, draft, update_draft
 from ui.signals import signals_panel
 from ui.tree import apply_edits, group_table, groups_of, overview_table
 from ui.welcome import first_run_panel
+
+AUTO_RGN_HELP = (PRESET_HELP[AUTO_RGN] + " Measured on the demo worlds (ResNet-18, 3 seeds, rates tuned, test "
+                 "accuracy, docs/benchmarks.md): AUTO_RGN_FIGURES")
 
 WEIGHT_SOURCES = {
     "imagenet": "ImageNet (torchvision)",
@@ -71,23 +74,22 @@ def cost_table(mine: list[dict], full: list[dict]) -> pd.DataFrame:
 
 
 def set_frozen_choice(frozen, preset: str) -> None:
-    """A freezing choice (a preset, a tick, the top stages by RGN): layers train at the usual rates again."""
-    update_draft(frozen=tuple(frozen), preset=preset, auto_rgn=False)
+    """A freezing choice (a preset, a tick): layers train at the usual rates again, frozen norm layers in eval mode."""
+    was_auto = draft().auto_rgn
+    update_draft(frozen=tuple(frozen), preset=preset, auto_rgn=False, **({"bn_frozen_eval": True} if was_auto else {}))
     st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
 
 
 def set_auto_rgn() -> None:
-    """The Auto-RGN switch: on, every layer trains (the rates are Auto-RGN's to set)."""
-    on = st.session_state["model_auto_rgn"]
-    update_draft(auto_rgn=on, **({"frozen": (), "preset": "full"} if on else {}))
-    st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
-
-
-def apply_signals_choice(frozen) -> None:
-    """The top stages by RGN: named as the preset they happen to be ("last2"), else "custom"."""
+    """The Auto-RGN switch: on, every layer but the norm layers trains at the rates Auto-RGN sets, the
+    norm layers in training mode (as Lee et al.'s code runs them); off, full fine-tuning."""
     cfg = draft()
-    layers, _ = model_structure(cfg.arch, cfg.num_classes, cfg.image_size)
-    set_frozen_choice(frozen, preset_of(skeleton(cfg.arch, cfg.num_classes), cfg.arch, layers, frozen))
+    if st.session_state["model_auto_rgn"]:
+        update_draft(auto_rgn=True, preset=AUTO_RGN, bn_frozen_eval=False,
+                     frozen=preset_frozen(skeleton(cfg.arch, cfg.num_classes), cfg.arch, AUTO_RGN))
+    else:
+        update_draft(auto_rgn=False, preset="full", frozen=(), bn_frozen_eval=True)
+    st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
 
 
 def remember_block(name: str) -> None:
@@ -240,10 +242,8 @@ with preset_cols[-1]:
               type="primary" if cfg.preset == f"last{n_blocks}" and not cfg.auto_rgn else "secondary",
               on_click=choose_preset, args=(f"last{n_blocks}",))
 st.session_state["model_auto_rgn"] = cfg.auto_rgn  # the draft decides (a preset click turns it off)
-st.toggle("Auto-RGN rates: every layer trains, each at a rate scaled by its relative gradient norm",
-          key="model_auto_rgn", on_change=set_auto_rgn,
-          help="Lee et al. (ICLR 2023): at each epoch's first step every tensor's rate becomes the usual rate × "
-               "its ‖∇θ‖/‖θ‖ over the largest one, so the layers the data asks most of move most.")
+st.toggle("Auto-RGN: every layer but the norm layers trains, each at a rate scaled by its relative gradient norm",
+          key="model_auto_rgn", on_change=set_auto_rgn, help=AUTO_RGN_HELP)
 cfg = draft()
 
 has_bn = any(n.kind.startswith("BatchNorm") for n in tree.nodes)
@@ -306,7 +306,7 @@ if tab_tree.open:
             "params": st.column_config.NumberColumn("Params", format="localized"),
             "trainable": st.column_config.NumberColumn("Trainable", format="localized"),
         }
-        signals = signals_panel(cfg, trunk, model, apply_signals_choice)
+        signals = signals_panel(cfg)
         if signals is not None:
             column_config["RGN"] = st.column_config.NumberColumn("RGN", format="%.3g", help="‖∇θ‖ / ‖θ‖ on the probe's batches")
         groups = groups_of(tree, trunk)

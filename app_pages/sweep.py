@@ -34,6 +34,11 @@ st.caption("Which layers should you fine-tune? A sweep trains your draft once pe
            "device, or on a Ray cluster when one is configured) and answers with means and standard errors.")
 
 
+def rates_around(lr: float) -> tuple[float, ...]:
+    """Three rates around the draft's, each a factor of about 3 apart (two significant digits)."""
+    return tuple(float(f"{lr * f:.2g}") for f in (0.3, 1.0, 3.0))
+
+
 def parse_rates(text: str) -> tuple[float, ...]:
     """Comma-separated learning rates; `ValueError` naming the one that is not a number."""
     rates = []
@@ -67,10 +72,17 @@ def sweep_form() -> None:
                                   help="One more strategy: every layer trains, each at a rate scaled by its relative "
                                        "gradient norm (Lee et al.'s Auto-RGN). In a grid, pick auto-rgn above.")
     seeds = right.number_input("Seeds", 1, 20, 1, key="sweep_seeds", help="3 for a real answer: mean ± standard error.")
-    rates = right.text_input("Learning rates", f"{cfg.lr:g}", key="sweep_lrs", help="Comma-separated, e.g. 0.01, 0.001")
+    around = rates_around(cfg.lr)
+    tune = right.toggle("Tune the rate per strategy", value=True, key="sweep_tune",
+                        help=f"Each strategy trains at {', '.join(f'{r:g}' for r in around)} (around the draft's "
+                             f"{cfg.lr:g}) and is reported at the rate its validation accuracy chose: strategies "
+                             "do not share a best rate (Lee et al. tune it per strategy). Three times the runs.")
+    rates = right.text_input("Learning rates", f"{cfg.lr:g}", key="sweep_lrs", disabled=tune,
+                             help="Comma-separated, e.g. 0.01, 0.001. Each strategy is reported at the one its "
+                                  "validation accuracy chose.")
     name = right.text_input("Sweep name", key="sweep_name", placeholder="optional")
     try:
-        sweep = SweepConfig(base=cfg, kind=kind, seeds=int(seeds), lrs=parse_rates(rates),
+        sweep = SweepConfig(base=cfg, kind=kind, seeds=int(seeds), lrs=around if tune else parse_rates(rates),
                             stages=tuple(chosen) if kind != "grid" and chosen != trunk else (),
                             presets=tuple(presets) if kind == "grid" else (),
                             with_auto_rgn=with_auto_rgn and kind != "grid")
@@ -110,27 +122,34 @@ def time_estimate(sweep: SweepConfig, members, model) -> str:
 
 
 def answer(report) -> None:
-    """The recommendation in words, and which strategies are within each other's error."""
+    """The answer in words (chosen on validation, reported on test); while the sweep runs every figure
+    says "so far", and the draft takes the answer only when the user says so."""
     rec, rows = report.recommendation, {r.label: r for r in report.rows}
-    if rec["best"] is None:
+    if rec["chosen"] is None:
         return
-    best, cheap = rows[rec["best"]], rows[rec["cheapest_within_error"]]
-    error = f" ± {best.sem_acc:.1%}" if best.sem_acc is not None else " (one seed: no error bar yet)"
-    text = f"**Best:** `{best.label}` at {best.mean_acc:.1%}{error}."
-    if cheap.label != best.label:
-        text += (f" **Cheapest within one standard error:** `{cheap.label}` at {cheap.mean_acc:.1%}, "
-                 f"{cheap.mean_train_s:.1f} s of training instead of {best.mean_train_s:.1f} s.")
-    st.success(text, icon=":material/lightbulb:")
+    (st.info if rec["so_far"] else st.success)(rec["answer"], icon=":material/lightbulb:")
+    best = rows[rec["best"]]
     close = [r.label for r in report.rows if r.label != best.label and within_error(r, best)]
-    if close:
-        st.caption("Within each other's error of the best: " + ", ".join(f"`{c}`" for c in close) + ".")
-    st.caption("Pareto front, accuracy against training time (cheapest first): "
-               + " → ".join(f"`{label}`" for label in report.front))
-    chosen = next(m for m in report.members if m.label == cheap.label)
-    if st.button(f"Use `{cheap.label}` in my draft", key="sweep_apply", icon=":material/check:"):
-        preset = chosen.preset if chosen.preset in presets_for(cfg.arch) or chosen.preset.startswith("last") else "custom"
-        update_draft(frozen=tuple(chosen.frozen), preset=preset)
-        st.toast(f"The draft now trains what `{cheap.label}` trains.", icon=":material/check:")
+    st.caption(f"Best on validation{' so far' if rec['so_far'] else ''}: `{best.label}` at {best.mean_acc:.1%}"
+               + (f"; within one standard error of it: {', '.join(f'`{c}`' for c in close)}" if close else "")
+               + ". Pareto front, validation accuracy against training time (cheapest first): "
+               + " → ".join(f"`{label}`" for label in report.front) + ".")
+    if rec["so_far"] and not st.toggle("Apply anyway (the sweep has not finished)", key="sweep_apply_early"):
+        return
+    if st.button(f"Use `{rec['chosen']}` at {rec['lr']:g} in my draft", key="sweep_apply", icon=":material/check:"):
+        apply_answer(report, rec["chosen"], rec["lr"])
+
+
+def apply_answer(report, label: str, lr: float) -> None:
+    """Set the draft to train what `label`'s members trained, at `lr`: its frozen set and preset, or
+    Auto-RGN (every layer, norm layers aside)."""
+    member = next(m for m in report.members if m.strategy == label)
+    if label == AUTO_RGN:
+        update_draft(frozen=(), preset="full", auto_rgn=True, lr=lr)
+    else:
+        known = member.preset in presets_for(cfg.arch) or member.preset.startswith("last")
+        update_draft(frozen=tuple(member.frozen), preset=member.preset if known else "custom", auto_rgn=False, lr=lr)
+    st.toast(f"The draft now trains what `{label}` trains, at {lr:g}.", icon=":material/check:")
 
 
 def stop_everywhere(record) -> None:
@@ -153,15 +172,23 @@ def live_sweep(sweep_id: str, live: bool) -> None:
     st.progress(done / len(report.members), text=f"{done} of {len(report.members)} runs ended")
     if not report.done:  # a callback: the cancel happens before the next run of this fragment
         st.button("Stop the sweep", icon=":material/stop:", key="sweep_stop", on_click=stop_everywhere, args=(record,))
-    table = pd.DataFrame([{"strategy": m.label, "seed": m.seed, "lr": m.lr, "status": m.status, "where": m.where,
-                           "epochs": m.epochs_done, "val acc": m.val_acc, "run": m.run_id} for m in report.members])
+    table = pd.DataFrame([{"strategy": m.strategy, "lr": m.lr, "seed": m.seed, "status": m.status, "where": m.where,
+                           "epochs": m.epochs_done, "val acc": m.val_acc, "test acc": m.test_acc,
+                           "trainable params": m.trainable_params, "training s": m.train_s, "run": m.run_id}
+                          for m in report.members])
+    percent = st.column_config.NumberColumn(format="percent")
     st.dataframe(table, hide_index=True, width="stretch", key="sweep_members",
-                 column_config={"val acc": st.column_config.NumberColumn(format="percent")})
+                 column_config={"val acc": percent, "test acc": percent,
+                                "trainable params": st.column_config.NumberColumn(format="localized"),
+                                "training s": st.column_config.NumberColumn(format="%.1f")})
+    so_far = " (so far)" if not report.done else ""
     rows = [r.to_dict() for r in report.rows]
-    st.plotly_chart(charts.sweep_figure(rows, f"{record.config.kind} sweep: validation accuracy"),
+    tuned = ", each at the rate its validation chose" if len(report.rates) > len(report.rows) else ""
+    st.plotly_chart(charts.sweep_figure(rows, f"{record.config.kind} sweep{tuned}{so_far}"),
                     key="sweep_chart", width="stretch")
     if record.config.kind == "surgical" and report.relative:
-        st.plotly_chart(charts.relative_figure(report.relative, "Each stage tuned alone, against full fine-tuning"),
+        st.plotly_chart(charts.relative_figure(report.relative, f"Each stage tuned alone, against full fine-tuning"
+                                                                f"{so_far}"),
                         key="sweep_relative_chart", width="stretch")
     answer(report)
     if report.done and live:

@@ -1,9 +1,12 @@
 """Which stage to fine-tune depends on the shift: surgical sweeps on the demo world's three targets.
 
 Pretrains the demo backbone (ResNet-18, full fine-tune on demo-source, 64 px, 3 epochs: the README's
-command), then runs a surgical sweep from it on demo-shift (input-level shift), demo-flip (output-level
-shift) and demo-target (new classes), each member `--epochs` epochs, `--seeds` seeds, all through
-`python -m core.sweep`, and prints each sweep's table and recommendation:
+command; or reuses `--backbone <run id>`), then runs a surgical sweep with Auto-RGN from it on
+demo-shift (input-level shift), demo-flip (output-level shift) and demo-target (new classes), each
+member `--epochs` epochs, `--seeds` seeds, every strategy at each of `--lrs` (reported at the rate
+its validation chose), all through `python -m core.sweep`, the targets side by side (one thread
+each), and prints each sweep's table (validation, which chose, beside test, which reports) and
+its answer:
 
     python bench/sweep_shifts.py --epochs 10 --seeds 3 --runs-dir /tmp/sweeps
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,22 +28,31 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("demo-shift", "demo-flip", "demo-target")
 
 
-def run_json(cmd: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-m", *cmd, "--json"], cwd=ROOT, capture_output=True, text=True)
+def command(cmd: list[str]) -> list[str]:
+    return [sys.executable, "-m", *cmd, "--json"]
+
+
+def parse(done: subprocess.CompletedProcess, cmd: list[str]) -> dict:
     if not done.stdout.strip():
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout)
 
 
+def _acc(mean, error) -> str:
+    return "–" if mean is None else f"{mean:.1%}" + (f" ± {error:.1%}" if error is not None else "")
+
+
 def table(result: dict) -> str:
-    lines = ["| strategy | n | mean val acc | sem | trainable | train s |", "|---|---|---|---|---|---|"]
+    lines = ["| strategy | rate (chosen on val) | n | val acc (chose) | test acc (reports) | trainable | train s |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["summary"]:
-        sem = f"{r['sem_acc']:.1%}" if r["sem_acc"] is not None else "–"
-        lines.append(f"| {r['label']} | {r['n']} | {r['mean_acc']:.1%} | {sem} | {r['trainable_params']:,} | "
+        lines.append(f"| {r['label']} | {r['lr']:g} | {r['n']} | {_acc(r['mean_acc'], r['sem_acc'])} | "
+                     f"{_acc(r['test_mean_acc'], r['test_sem_acc'])} | {r['trainable_params']:,} | "
                      f"{r['mean_train_s']:.1f} |")
     rec = result["recommendation"]
-    lines.append(f"\nbest: {rec['best']}; cheapest within one standard error: {rec['cheapest_within_error']}; "
-                 f"fewest parameters within it: {rec['fewest_params_within_error']}")
+    lines.append(f"\nbest on validation: {rec['best']}; cheapest within one standard error: "
+                 f"{rec['cheapest_within_error']}; fewest parameters within it: {rec['fewest_params_within_error']}")
+    lines.append(f"\n> {rec['answer']}")
     return "\n".join(lines)
 
 
@@ -49,19 +62,31 @@ def main() -> None:
     p.add_argument("--seeds", default="3")
     p.add_argument("--image-size", default="64")
     p.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    p.add_argument("--lrs", default="0.003,0.01,0.03", help="rates every strategy tries (one: not tuned)")
+    p.add_argument("--backbone", help="the id of a finished demo backbone run to reuse")
     p.add_argument("--targets", nargs="+", default=list(TARGETS))
     args = p.parse_args()
     common = ["--runs-dir", args.runs_dir, "--image-size", args.image_size]
     t0 = time.perf_counter()
-    backbone = run_json(["core.train", "--arch", "resnet18", "--preset", "full", "--dataset", "demo-source",
-                         "--weights", "none", "--epochs", "3", *common])
-    print(f"backbone {backbone['run_id']}: val acc {backbone['val_acc']:.1%} on demo-source "
-          f"({time.perf_counter() - t0:.0f} s)\n", flush=True)
-    for target in args.targets:
-        t1 = time.perf_counter()
-        result = run_json(["core.sweep", "--kind", "surgical", "--arch", "resnet18", "--dataset", target,
-                           "--weights", f"run:{backbone['run_id']}", "--epochs", args.epochs, "--seeds", args.seeds,
-                           *common])
+    backbone = args.backbone
+    if backbone is None:
+        cmd = ["core.train", "--arch", "resnet18", "--preset", "full", "--dataset", "demo-source", "--weights", "none",
+               "--epochs", "3", *common]
+        result = parse(subprocess.run(command(cmd), cwd=ROOT, capture_output=True, text=True), cmd)
+        backbone = result["run_id"]
+        print(f"backbone {backbone}: val acc {result['val_acc']:.1%}, test acc {result['test_acc']:.1%} on "
+              f"demo-source ({time.perf_counter() - t0:.0f} s)\n", flush=True)
+    sweeps = {}
+    for target in args.targets:  # side by side, one thread each
+        cmd = ["core.sweep", "--kind", "surgical", "--with-auto-rgn", "--arch", "resnet18", "--dataset", target,
+               "--weights", f"run:{backbone}", "--epochs", args.epochs, "--seeds", args.seeds, "--lrs", args.lrs,
+               *common]
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        sweeps[target] = (cmd, subprocess.Popen(command(cmd), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, text=True), time.perf_counter())
+    for target, (cmd, proc, t1) in sweeps.items():
+        out, err = proc.communicate()
+        result = parse(subprocess.CompletedProcess(cmd, proc.returncode, out, err), cmd)
         print(f"## {target}: surgical sweep {result['sweep_id']} ({time.perf_counter() - t1:.0f} s)\n")
         print(table(result) + "\n", flush=True)
 

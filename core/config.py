@@ -33,8 +33,8 @@ class RunConfig:
     num_classes: int = 4  # size of the new head; follows the dataset's class count
     # --- freezing ----------------------------------------------------------
     frozen: tuple[str, ...] = ()  # dotted module paths frozen (with everything under them)
-    preset: str = "full"  # what trains: full | head | classifier | fc1_fc2 (VGG) | last<N> | custom (ticked by hand)
-    auto_rgn: bool = False  # Auto-RGN: every layer trains, each tensor's rate scaled by its relative gradient norm each epoch
+    preset: str = "full"  # what trains: full | head | classifier | fc1_fc2 (VGG) | last<N> | auto-rgn | custom (ticked by hand)
+    auto_rgn: bool = False  # Auto-RGN (preset auto-rgn): each tensor's rate scaled by its relative gradient norm each epoch
     bn_frozen_eval: bool = True  # frozen BatchNorm layers and frozen blocks' stochastic depth stay in eval mode
     unfreeze_after: int = 0  # gradual unfreezing: >0 trains only the head for this many epochs first
     # --- data --------------------------------------------------------------
@@ -95,8 +95,9 @@ class RunConfig:
             problems.append(f"early stopping's patience must be 0 (off) to {self.epochs - 1} epochs, got {self.early_stop}")
         if not 0 <= self.unfreeze_after < self.epochs:
             problems.append("gradual unfreezing must start before the last epoch")
-        if self.auto_rgn and self.frozen:
-            problems.append("Auto-RGN trains every layer (it sets each layer's rate instead): clear the frozen layers")
+        if self.auto_rgn != (self.preset == AUTO_RGN):
+            problems.append(f"Auto-RGN is the {AUTO_RGN} preset (every layer but the norm layers trains, at rates it "
+                            f"sets): use preset {AUTO_RGN} with Auto-RGN on, or neither")
         if not 0 <= self.seed <= MAX_SEED:
             problems.append(f"seed must be 0-{MAX_SEED}, got {self.seed}")
         if self.optimizer not in OPTIMIZERS:

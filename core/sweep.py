@@ -26,7 +26,7 @@ from core.cli import add_config_arguments, add_run_options, config_fields
 from core.config import RunConfig, SweepConfig
 from core.devices import describe_device, parse_device, pick_device
 
-RUN_DERIVED = ("num_classes", "frozen", "preset")  # from the dataset, and from each member
+RUN_DERIVED = ("num_classes", "frozen", "preset", "auto_rgn")  # from the dataset, and from each member
 SWEEP_DERIVED = ("base",)  # the RunConfig options above
 
 
@@ -134,10 +134,14 @@ def describe(report) -> str:
     lines = [f"sweep {report.sweep.id} ({report.sweep.config.kind}):"]
     for row in report.rows:
         error = f" ± {row.sem_acc:.3f}" if row.sem_acc is not None else ""
-        lines.append(f"  {row.label:<14} acc {row.mean_acc:.3f}{error} (n={row.n})  {row.trainable_params:>12,} "
-                     f"trainable  {row.mean_train_s:7.1f} s")
+        test = "none" if row.test_mean_acc is None else f"{row.test_mean_acc:.3f}" + (
+            f" ± {row.test_sem_acc:.3f}" if row.test_sem_acc is not None else "")
+        lines.append(f"  {row.label:<14} @ {row.lr:<7g} val {row.mean_acc:.3f}{error}  test {test} (n={row.n})  "
+                     f"{row.trainable_params:>12,} trainable  {row.mean_train_s:7.1f} s")
     rec = report.recommendation
-    lines.append(f"best: {rec['best']}; cheapest within one standard error: {rec['cheapest_within_error']}")
+    lines.append(f"best on validation: {rec['best']}; cheapest within one standard error: {rec['cheapest_within_error']}")
+    if rec.get("answer"):
+        lines.append(rec["answer"])
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from core.cli import add_config_arguments, add_run_options, config_fields
-from core.config import RunConfig
+from core.config import AUTO_RGN, RunConfig
 from core.devices import describe_device, parse_device, pick_device
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 
 
-DERIVED = ("num_classes", "frozen")  # from the dataset's classes, and from --preset
+DERIVED = ("num_classes", "frozen", "auto_rgn")  # from the dataset's classes, and from --preset
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,7 +60,10 @@ def make_config(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
                            seed=args.seed)
     num_classes = len(dataset.classes)
     frozen = preset_frozen(build_skeleton(args.arch, num_classes), args.arch, args.preset)
-    config = RunConfig(**config_fields(args, RunConfig, derived=DERIVED), num_classes=num_classes, frozen=frozen)
+    fields = config_fields(args, RunConfig, derived=DERIVED)
+    if args.preset == AUTO_RGN:  # Lee et al.'s Auto-RGN: its norm layers stay in training mode, as in their code
+        fields |= {"auto_rgn": True, "bn_frozen_eval": False}
+    config = RunConfig(**fields, num_classes=num_classes, frozen=frozen)
     config.validate()
     return config, dataset
 

@@ -11,7 +11,7 @@ from torchvision import models as tvm
 from core.codegen import attr_path, generate_code
 from core.config import RunConfig
 from core.engine import build_optimizer
-from core.engine.signals import AutoRGN
+from core.engine.signals import AutoRGN, measure_rgn
 from core.freezing import preset_frozen, set_frozen, set_train_mode
 from core.models import build_model, build_skeleton
 
@@ -220,18 +220,22 @@ def test_run_snippet_names_the_runs_folder_so_it_works_from_anywhere(tmp_path, m
 
 
 def test_auto_rgn_snippet_scales_rates_as_the_engine_does():
-    config = config_for("resnet18", "full", auto_rgn=True)
+    config = config_for("resnet18", "auto-rgn", auto_rgn=True, bn_frozen_eval=False)
     namespace, _ = run_snippet(generate_code(config))
     check_against_core(config, namespace)
     model, optimizer = namespace["model"], namespace["optimizer"]
-    assert len(optimizer.param_groups) == len(list(model.parameters()))
+    assert len(optimizer.param_groups) == sum(p.requires_grad for p in model.parameters()) == 22  # no norm layer
     torch.manual_seed(0)
-    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
-    engine_groups = [{"name": "g", "tensor": str(i), "params": g["params"], "lr": g["lr"]}
-                     for i, g in enumerate(optimizer.param_groups)]
+    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
+    engine_groups = [{"name": "g", "tensor": n, "params": [p], "lr": config.lr}
+                     for n, p in model.named_parameters() if p.requires_grad]
     engine = AutoRGN(torch.optim.SGD(engine_groups, lr=1.0))
-    engine.after_backward(first_step=True)
-    namespace["scale_by_rgn"](optimizer)
-    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([g["lr"] for g in engine.optimizer.param_groups])
+    engine.start_epoch(measure_rgn(model, model, batches, contextlib.nullcontext))
+    namespace["set_rgn_rates"](optimizer, model, batches)
+    rates = {id(g["params"][0]): g["lr"] for g in optimizer.param_groups}
+    assert [rates[id(g["params"][0])] for g in engine.optimizer.param_groups] == pytest.approx(
+        [g["lr"] for g in engine.optimizer.param_groups])
     namespace["restore_rates"](optimizer)
-    assert {g["lr"] for g in optimizer.param_groups} == {config.lr, config.lr * config.backbone_lr_mult}
+    assert {g["lr"] for g in optimizer.param_groups} == {config.lr}
+
+

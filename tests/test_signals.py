@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -14,8 +15,9 @@ from torch import nn
 from core.data import normalize
 from core.engine import Signals, build_optimizer, probe_rgn
 from core.engine.inputs import prepare_data
-from core.engine.signals import AutoRGN, LayerDrift, relative_norm
-from core.freezing import network_parts, set_frozen
+from core.engine.signals import AutoRGN, LayerDrift, measure_rgn, relative_norm
+from core.freezing import network_parts, norm_paths, set_frozen
+from core.jobs import check_runnable
 from core.jobs.probes import SignalProbes
 from core.models import build_model
 from core.store import RunStore
@@ -94,21 +96,30 @@ def test_drift_and_gradient_norm_match_a_hand_computation():
     assert drift.epoch_record()["grad_norm"] == [None, None]  # the next epoch starts from nothing
 
 
-def test_auto_rgn_scales_each_tensor_by_its_rgn_over_the_largest_then_restores():
+def test_auto_rgn_rates_are_the_mean_rgn_over_batches_over_the_largest_with_a_fresh_optimizer():
+    """Lee et al.'s `get_lr_weights`: per tensor ‖g‖/‖θ‖ on each batch, averaged; rate = base × RGN / max."""
     torch.manual_seed(0)
     model = TwoLayer()
+    batches = [(torch.randn(6, 4), torch.randint(0, 2, (6,))) for _ in range(3)]
+    by_hand = {n: 0.0 for n, _ in model.named_parameters()}
+    for x, y in batches:
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+        for (n, p), g in zip(model.named_parameters(), grads):
+            by_hand[n] += float(g.norm() / p.detach().norm()) / len(batches)
+    rgn = measure_rgn(model, model, batches, contextlib.nullcontext)
+    assert rgn == pytest.approx(by_hand) and all(p.grad is None for p in model.parameters())  # no update, no .grad
     groups = [{"name": "backbone", "tensor": n, "params": [p], "lr": 0.1} for n, p in model.named_parameters()]
-    optimizer = torch.optim.SGD(groups, lr=0.1)
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    F.cross_entropy(model(batches[0][0]), batches[0][1]).backward()
+    optimizer.step()
+    assert optimizer.state  # momentum from the last epoch...
     auto = AutoRGN(optimizer)
-    F.cross_entropy(model(torch.randn(6, 4)), torch.randint(0, 2, (6,))).backward()
-    rgn = {n: float(p.grad.norm() / p.norm()) for n, p in model.named_parameters()}
-    auto.after_backward(first_step=True)
+    auto.start_epoch(rgn)
+    assert not optimizer.state  # ...forgotten: their code builds a new optimizer every epoch
     top = max(rgn.values())
     for group in optimizer.param_groups:
         assert group["lr"] == pytest.approx(0.1 * rgn[group["tensor"]] / top)
     assert max(auto.scales.values()) == pytest.approx(1.0)
-    auto.after_backward(first_step=False)  # later steps keep the epoch's rates
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * rgn["a.weight"] / top)
     auto.end_epoch()
     assert [g["lr"] for g in optimizer.param_groups] == [0.1] * 4
     sizes = {n: p.numel() for n, p in model.named_parameters()}
@@ -116,16 +127,22 @@ def test_auto_rgn_scales_each_tensor_by_its_rgn_over_the_largest_then_restores()
     assert auto.group_scales({"a": ["a.weight", "a.bias"], "b": ["b.weight"]}, sizes)[0] == pytest.approx(a)
 
 
-def test_auto_rgn_refuses_frozen_layers_and_builds_one_group_per_tensor(folder):
-    with pytest.raises(ValueError, match="Auto-RGN trains every layer"):
-        config_for(folder, preset="head", auto_rgn=True).validate()
-    config = config_for(folder, preset="full", auto_rgn=True)
+def test_auto_rgn_is_its_own_preset_that_freezes_the_norm_layers_and_groups_every_other_tensor(folder):
+    with pytest.raises(ValueError, match="Auto-RGN is the auto-rgn preset"):
+        config_for(folder, preset="full", auto_rgn=True).validate()
+    config = config_for(folder, preset="auto-rgn", auto_rgn=True)
     model = build_model("resnet18", len(CLASSES), weights="none")
-    set_frozen(model, ())
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert config.frozen == tuple(norms) == norm_paths(model) and len(norms) == 20  # bn1, 16 in blocks, 3 downsample.1
+    with pytest.raises(ValueError, match="exactly the norm layers"):
+        check_runnable(config.replace(frozen=norms[:-1]), RunStore(folder.parent / "runs"))
+    set_frozen(model, config.frozen)
     optimizer, described = build_optimizer(model, config)
-    assert len(optimizer.param_groups) == len(list(model.parameters()))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {g["tensor"] for g in optimizer.param_groups} == trained and not any(".bn" in n for n in trained)
+    assert len(optimizer.param_groups) == len(trained) == 22  # every conv and the head's weight and bias
+    assert {g["lr"] for g in optimizer.param_groups} == {config.lr}  # one base rate
     assert [d["name"] for d in described] == ["head", "backbone"]  # the summary names the usual groups
-    assert {g["tensor"] for g in optimizer.param_groups} == {n for n, _ in model.named_parameters()}
 
 
 def test_every_epoch_records_the_layer_signals(folder, tmp_path):
@@ -140,13 +157,16 @@ def test_every_epoch_records_the_layer_signals(folder, tmp_path):
     assert "rgn_scale" not in layers[0]
 
 
-def test_an_auto_rgn_run_trains_every_layer_at_scaled_rates(folder, tmp_path):
-    (result, monitor) = run(config_for(folder, preset="full", auto_rgn=True), tmp_path)
+def test_an_auto_rgn_run_trains_every_layer_but_the_norm_layers_at_scaled_rates(folder, tmp_path):
+    config = config_for(folder, preset="auto-rgn", auto_rgn=True, bn_frozen_eval=False)
+    (result, monitor) = run(config, tmp_path)
     scales = [e["layers"]["rgn_scale"] for e in monitor.epochs]
     assert all(0 < s <= 1 for epoch in scales for s in epoch)
-    assert monitor.epochs[0]["lrs"] == {"head": 0.01, "backbone": 0.001}  # the unscaled rates
+    assert monitor.epochs[0]["lrs"] == {"head": 0.01, "backbone": 0.01}  # one base rate, before scaling
     assert all(d > 0 for d in monitor.epochs[-1]["layers"]["drift"])
-    assert result.summary.freeze_audit["ok"]
+    assert result.summary.freeze_audit["ok"] and result.summary.freeze_audit["checked_tensors"] == 40  # the norms
+    assert not set(result.state_dict) & {f"{p}.{w}" for p in config.frozen for w in ("weight", "bias")}  # not saved:
+    # they did not train
 
 
 def test_the_drift_only_reads(folder, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from core.config import MAX_SWEEP_MEMBERS, RunConfig, SweepConfig
 from core.data import demo
 from core.engine import RunCancelled, TrainResult
 from core.estimate import cost_profile
+from core.freezing import norm_paths
 from core.jobs import JobManager
 from core.models import build_skeleton
 from core.store import CANCELLED, FINISHED, INTERRUPTED, RunStore, SweepStore
@@ -35,8 +36,9 @@ from core.sweeps import (
     sweep_state,
     within_error,
 )
+from core.sweeps.answer import answer_sentence, what_trains
 from core.sweeps.plan import member_config
-from core.sweeps.stats import Result, relative_to_full
+from core.sweeps.stats import Result, choose_rates, rate_rows, relative_to_full
 from core.sweeps.timing import Work, achieved_rate, member_work
 
 TIMEOUT = 60
@@ -83,7 +85,8 @@ def test_auto_rgn_is_a_strategy_of_every_kind():
     members = plan(SweepConfig(base=BASE, kind="surgical", stages=("layer4",), with_auto_rgn=True))
     assert [m.label for m in members] == ["head", "layer4", "full", "auto-rgn"]
     auto = member_config(SweepConfig(base=BASE, kind="surgical"), members[-1])
-    assert auto.auto_rgn and auto.frozen == () and auto.preset == "full"
+    assert auto.auto_rgn and auto.preset == "auto-rgn" and not auto.bn_frozen_eval  # norm layers in train mode
+    assert auto.frozen == norm_paths(build_skeleton("resnet18", 4)) and len(auto.frozen) == 20  # as Lee et al.'s code
     assert not member_config(SweepConfig(base=BASE), members[-2]).auto_rgn
     grid = plan(SweepConfig(base=BASE, kind="grid", presets=("head", "auto-rgn")))
     assert [(m.label, m.strategy.auto_rgn) for m in grid] == [("head", False), ("auto-rgn", True)]
@@ -129,16 +132,57 @@ def test_within_error_means_the_means_differ_by_no_more_than_the_larger_error():
     assert not within_error(row("a", 0.80, None, 1, 1), row("b", 0.80, None, 1, 1))  # no error to compare with
 
 
-def test_accuracy_relative_to_full_fine_tuning_is_paired_by_seed():
-    results = [Result("full", 0.90, 100, 9.0, seed=0), Result("full", 0.80, 100, 9.0, seed=1),
-               Result("stem", 0.85, 5, 2.0, seed=0), Result("stem", 0.79, 5, 2.0, seed=1),
-               Result("layer4", 0.70, 50, 3.0, seed=0)]
+def test_accuracy_relative_to_full_fine_tuning_is_paired_by_seed_on_test():
+    results = [Result("full", 0.10, 100, 9.0, seed=0, test_acc=0.90), Result("full", 0.2, 100, 9.0, seed=1, test_acc=0.80),
+               Result("stem", 0.3, 5, 2.0, seed=0, test_acc=0.85), Result("stem", 0.4, 5, 2.0, seed=1, test_acc=0.79),
+               Result("layer4", 0.5, 50, 3.0, seed=0, test_acc=0.70)]
     rows = relative_to_full(results, ["head", "stem", "layer4", "full"])
     diffs = [0.85 - 0.90, 0.79 - 0.80]
     assert [r["label"] for r in rows] == ["stem", "layer4"]  # head has no finished member, full is the reference
     assert rows[0]["n"] == 2 and rows[0]["mean_diff"] == pytest.approx(statistics.fmean(diffs))
     assert rows[0]["sem_diff"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(2))
     assert rows[1] == {"label": "layer4", "n": 1, "mean_diff": pytest.approx(-0.2), "sem_diff": None}
+
+
+def test_each_strategy_is_reported_at_the_rate_its_validation_chose_with_its_test_accuracy():
+    results = [
+        *(Result("head", v, 10, 1.0, seed=s, lr=0.01, test_acc=t) for s, v, t in ((0, 0.70, 0.95), (1, 0.72, 0.95))),
+        *(Result("head", v, 10, 1.0, seed=s, lr=0.1, test_acc=t) for s, v, t in ((0, 0.80, 0.60), (1, 0.82, 0.62))),
+        *(Result("full", v, 99, 5.0, seed=s, lr=0.01, test_acc=t) for s, v, t in ((0, 0.90, 0.88), (1, 0.92, 0.86))),
+        *(Result("full", v, 99, 5.0, seed=s, lr=0.1, test_acc=t) for s, v, t in ((0, 0.50, 0.99), (1, 0.52, 0.99))),
+    ]
+    assert choose_rates(results, ["head", "full"]) == {"head": 0.1, "full": 0.01}
+    rows = summarize(results, ["head", "full"])
+    assert [(r.label, r.lr) for r in rows] == [("head", 0.1), ("full", 0.01)]  # validation chose, not test
+    assert rows[0].mean_acc == pytest.approx(0.81) and rows[0].test_mean_acc == pytest.approx(0.61)
+    assert rows[0].test_sem_acc == pytest.approx(statistics.stdev([0.60, 0.62]) / math.sqrt(2))
+    assert rows[1].test_mean_acc == pytest.approx(0.87) and rows[1].n == 2
+    assert [(r.label, r.lr) for r in rate_rows(results, ["head", "full"])] == [
+        ("head", 0.01), ("head", 0.1), ("full", 0.01), ("full", 0.1)]
+    tie = [Result("head", 0.5, 10, 1.0, lr=0.1), Result("head", 0.5, 10, 1.0, lr=0.01)]
+    assert choose_rates(tie, ["head"]) == {"head": 0.01}  # a tie keeps the smaller rate
+
+
+def test_the_answer_in_words_for_a_hand_made_summary():
+    model = build_skeleton("resnet18", 4)
+    total = sum(p.numel() for p in model.parameters())
+    stem = Row("stem", 3, 0.95, 0.01, 9_668, 20.0, 0.03, 0.917, 0.012)
+    full = Row("full", 3, 0.96, 0.005, total, 50.0, 0.01, 0.938, 0.005)
+    described = what_trains("stem", model, "resnet18")
+    assert described == "only the stem (conv1, bn1, relu, maxpool) and the new head (fc)"
+    text = answer_sentence(stem, [stem, full], described=described, total_params=total, seeds=3,
+                           rates=(0.003, 0.01, 0.03))
+    assert text == (
+        f"Train only the stem (conv1, bn1, relu, maxpool) and the new head (fc): {9_668 / total:.1%} of the parameters, test accuracy "
+        "91.7% ± 1.2% against full fine-tuning's 93.8% ± 0.5%, in 40% of its training time. Chosen on validation "
+        "accuracy (the cheapest strategy within one standard error of the best), 3 seeds, its rate 0.03 chosen from "
+        "0.003, 0.01, 0.03 on validation; the test images chose nothing.")
+    running = answer_sentence(full, [stem, full], described="every layer", total_params=total, seeds=1,
+                              rates=(0.01,), so_far="2 of 7 runs ended, about 3 min left")
+    assert running.startswith("So far (2 of 7 runs ended, about 3 min left): Train every layer: 100.0% of the")
+    assert "one seed (no error bar), one rate (0.01), not tuned" in running
+    assert what_trains("last2", model, "resnet18") == "the last 2 stages (layer3, layer4) and the new head (fc)"
+    assert what_trains("head", model, "resnet18") == "only the new head (fc)"
 
 
 def test_the_recommendation_is_the_best_and_the_cheapest_within_one_standard_error():
@@ -278,16 +322,27 @@ def test_the_command_line_prints_the_sweeps_json(tmp_path, capsys, monkeypatch):
             "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--json"]
     assert sweep_main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"sweep_id", "kind", "members", "summary", "recommendation", "pareto_front"}
+    assert set(out) == {"sweep_id", "kind", "members", "summary", "rates", "recommendation", "pareto_front"}
     assert [m["label"] for m in out["members"]] == [f"{s} @ {lr}" for s in ("head", "layer4", "full")
                                                     for lr in ("0.01", "0.02")]
     member = out["members"][2]
     assert member["frozen"] == ["conv1", "bn1", "layer1", "layer2", "layer3"] and member["lr"] == 0.01
     assert member["status"] == FINISHED and 0 <= member["val_acc"] <= 1 and member["train_s"] > 0
-    assert set(out["members"][0]) == {"label", "preset", "frozen", "lr", "seed", "run_id", "status", "val_acc",
-                                      "best_val_acc", "trainable_params", "train_s"}
-    assert [r["label"] for r in out["summary"]] == [m["label"] for m in out["members"]]
-    assert out["recommendation"]["best"] in {r["label"] for r in out["summary"]}
+    assert set(out["members"][0]) == {"label", "strategy", "preset", "frozen", "lr", "seed", "run_id", "status",
+                                      "val_acc", "best_val_acc", "test_acc", "trainable_params", "train_s"}
+    assert 0 <= member["test_acc"] <= 1 and member["strategy"] == "layer4"
+    assert [(r["label"], r["lr"]) for r in out["rates"]] == [(m["strategy"], m["lr"]) for m in out["members"]]
+    assert [r["label"] for r in out["summary"]] == ["head", "layer4", "full"]  # each at the rate validation chose
+    for row in out["summary"]:
+        tried = [r for r in out["rates"] if r["label"] == row["label"]]
+        assert row["mean_acc"] == max(r["mean_acc"] for r in tried)
+        assert row == next(r for r in tried if r["lr"] == row["lr"])
+        assert set(row) >= {"test_mean_acc", "test_sem_acc", "lr"}
+    rec = out["recommendation"]
+    assert rec["best"] in {r["label"] for r in out["summary"]} and rec["chosen"] == rec["cheapest_within_error"]
+    chosen = next(r for r in out["summary"] if r["label"] == rec["chosen"])
+    assert rec["lr"] == chosen["lr"] and rec["test_acc"] == chosen["test_mean_acc"] and not rec["so_far"]
+    assert rec["answer"].startswith("Train ") and "chosen from 0.01, 0.02 on validation" in rec["answer"]
     runs = RunStore(tmp_path / "runs")
     assert {r.id for r in runs.list()} == {m["run_id"] for m in out["members"]}
 

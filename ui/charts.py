@@ -228,25 +228,32 @@ def difference_figure(table, title: str) -> go.Figure:
 
 
 def sweep_figure(rows: list[dict], title: str) -> go.Figure:
-    """Mean validation accuracy per strategy with its standard error, in the sweep's forward order;
-    trainable parameters and training time in the hover. Full fine-tuning is also a dashed line."""
+    """Per strategy at its chosen rate, in the sweep's forward order: mean validation accuracy (what
+    chose) beside mean held-out test accuracy (what reports), each with its standard error; rate,
+    trainable parameters and training time in the hover. Full fine-tuning's test accuracy is also a
+    dashed line."""
     fig = go.Figure()
     if rows:
-        fig.add_bar(x=[r["label"] for r in rows], y=[r["mean_acc"] for r in rows], marker_color="#2E6FD8",
-                    error_y=dict(type="data", array=[r["sem_acc"] or 0 for r in rows], visible=True),
-                    customdata=[[r["n"], r["trainable_params"], r["mean_train_s"]] for r in rows],
-                    hovertemplate="%{x}: %{y:.1%} (n=%{customdata[0]})<br>%{customdata[1]:,} trainable"
-                                  "<br>%{customdata[2]:.1f} s training<extra></extra>")
-        if full := next((r for r in rows if r["label"] == "full"), None):
-            fig.add_hline(y=full["mean_acc"], line_dash="dash", line_color="#888", annotation_text="full fine-tune")
-    _layout(fig, title, showlegend=False, yaxis=dict(range=[0, 1], tickformat=".0%", title="validation accuracy"),
+        extra = [[r["n"], r["trainable_params"], r["mean_train_s"], r["lr"]] for r in rows]
+        hover = ("%{x} @ %{customdata[3]:g}: %{y:.1%} (n=%{customdata[0]})<br>%{customdata[1]:,} trainable"
+                 "<br>%{customdata[2]:.1f} s training<extra>%{fullData.name}</extra>")
+        for name, mean, error, colour in (("validation (chose)", "mean_acc", "sem_acc", "#9DB8E8"),
+                                          ("test (held out)", "test_mean_acc", "test_sem_acc", "#2E6FD8")):
+            fig.add_bar(x=[r["label"] for r in rows], y=[r[mean] for r in rows], name=name, marker_color=colour,
+                        error_y=dict(type="data", array=[r[error] or 0 for r in rows], visible=True),
+                        customdata=extra, hovertemplate=hover)
+        full = next((r for r in rows if r["label"] == "full"), None)
+        if full is not None and full["test_mean_acc"] is not None:
+            fig.add_hline(y=full["test_mean_acc"], line_dash="dash", line_color="#888",
+                          annotation_text="full fine-tune (test)")
+    _layout(fig, title, barmode="group", yaxis=dict(range=[0, 1], tickformat=".0%", title="accuracy"),
             xaxis_title="what trains")
     return fig
 
 
 def relative_figure(rows: list[dict], title: str) -> go.Figure:
-    """Accuracy minus full fine-tuning's per strategy (percentage points), mean and standard error over
-    seeds, in forward order: the surgical sweep's chart, as Lee et al.'s Figure 2."""
+    """Test accuracy minus full fine-tuning's per strategy (percentage points), mean and standard error
+    over seeds, in forward order: the surgical sweep's chart, as Lee et al.'s Figure 2."""
     fig = go.Figure()
     if rows:
         fig.add_bar(x=[r["label"] for r in rows], y=[100 * r["mean_diff"] for r in rows],
@@ -255,5 +262,5 @@ def relative_figure(rows: list[dict], title: str) -> go.Figure:
                     customdata=[[r["n"]] for r in rows],
                     hovertemplate="%{x}: %{y:+.1f} points against full fine-tuning (n=%{customdata[0]})<extra></extra>")
         fig.add_hline(y=0, line_color="#888")
-    return _layout(fig, title, showlegend=False, yaxis=dict(title="accuracy − full fine-tuning (points)"),
+    return _layout(fig, title, showlegend=False, yaxis=dict(title="test accuracy − full fine-tuning (points)"),
                    xaxis_title="what trains")

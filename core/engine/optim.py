@@ -20,10 +20,11 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> tuple[torch.optim.Op
     and the CPU the fused implementation (one kernel for the whole update) is
     used. The new head trains at `lr`, other trainable layers at
     `lr * backbone_lr_mult`; with Auto-RGN every tensor has a group of its
-    own (`core.engine.signals.AutoRGN` scales it). The description lists the
-    named groups.
+    own, all at `lr` (`core.engine.signals.AutoRGN` scales each). The
+    description lists the named groups.
     """
-    groups = param_groups(model, config.arch, config.lr, config.backbone_lr_mult)
+    mult = 1.0 if config.auto_rgn else config.backbone_lr_mult  # Auto-RGN: one base rate, its scales set the rest
+    groups = param_groups(model, config.arch, config.lr, mult)
     if not groups:
         raise ValueError("Every parameter is frozen: nothing would train. Unfreeze at least the new head.")
     described = [{"name": g["name"], "num_tensors": g["num_tensors"], "num_params": g["num_params"], "lr": g["lr"]} for g in groups]

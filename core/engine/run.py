@@ -22,7 +22,7 @@ Precision
 Layer signals (`core.engine.signals`)
     Every epoch's record carries ``layers``: per stage, how far its weights moved since the start and
     how large its gradients were. With ``config.auto_rgn`` every tensor's rate is scaled by its
-    relative gradient norm at each epoch's first step.
+    relative gradient norm, measured over the first batches of each epoch (`auto_rgn_batches`).
 
 Best epoch, early stopping, test
     ``config.keep`` chooses the weights a run ends with (its best validation epoch's, or its last
@@ -66,7 +66,7 @@ from core.engine.loop import (
     train_one_epoch,
 )
 from core.engine.optim import build_optimizer, build_scheduler
-from core.engine.signals import AutoRGN, LayerDrift
+from core.engine.signals import RGN_BATCHES, AutoRGN, LayerDrift, measure_rgn
 from core.estimate import FeaturePlan, feature_budget, feature_shape, plan_features
 from core.freezing import Phase, network_parts, param_counts, phase_plan, set_frozen, set_train_mode
 from core.models import LoadReport, run_chain
@@ -96,7 +96,7 @@ class PhaseState:
     groups: list[dict]
     scheduler: object | None
     plan: FeaturePlan
-    auto_rgn: AutoRGN | None  # scales each tensor's rate at every epoch's first step (`config.auto_rgn`)
+    auto_rgn: AutoRGN | None  # scales each tensor's rate at every epoch's start (`config.auto_rgn`)
 
 
 @dataclass
@@ -274,9 +274,12 @@ def run_epoch(network: RunNetwork, config: RunConfig, data: RunData, state: Phas
     inputs, forward = phase_inputs(network, config, data, state, loop, features)
     set_train_mode(network.model, config.bn_frozen_eval)
     lr = {g["name"]: g["lr"] for g in state.optimizer.param_groups}  # per named group (Auto-RGN: before scaling)
-    hooks = [network.drift.after_backward] + ([state.auto_rgn.after_backward] if state.auto_rgn else [])
+    if state.auto_rgn is not None:
+        batches = auto_rgn_batches(inputs["train"], loop, config, epoch, features=state.plan.used)
+        state.auto_rgn.start_epoch(measure_rgn(network.model, forward, batches, loop.autocast))
     stats, _ = train_one_epoch(forward, state.optimizer, inputs["train"], loop, features=state.plan.used, epoch=epoch,
-                               step=(epoch - 1) * _steps_per_epoch(data, config), generator=shuffle, after_backward=hooks)
+                               step=(epoch - 1) * _steps_per_epoch(data, config), generator=shuffle,
+                               after_backward=[network.drift.after_backward])
     train_time = time.perf_counter() - t_epoch
     layers = layer_record(network, state)
     network.model.eval()
@@ -295,6 +298,16 @@ def run_epoch(network: RunNetwork, config: RunConfig, data: RunData, state: Phas
         "feature_cache": state.plan.used,
         "layers": layers,
     }
+
+
+def auto_rgn_batches(split: Split, loop: Loop, config: RunConfig, epoch: int, *, features: bool):
+    """The batches Auto-RGN measures at an epoch's start: `RGN_BATCHES` of the run's batch size, drawn
+    (as a shuffled loader's first batches) from a generator of their own, so the training order does
+    not depend on whether Auto-RGN is on."""
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+    for start, end in batch_slices(len(split), config.batch_size)[:RGN_BATCHES]:
+        idx = order[start:end]
+        yield loop.inputs(split, idx, features=features, train=True), split.y[idx.to(split.y.device)]
 
 
 def layer_record(network: RunNetwork, state: PhaseState) -> dict:

@@ -4,7 +4,8 @@ Relative gradient norm, RGN (Lee et al., ICLR 2023, "Surgical fine-tuning improv
 distribution shifts", their Auto-RGN): for a parameter tensor θ with gradient g, ‖g‖ / ‖θ‖. A layer
 or a stage counts its tensors as one vector, sqrt(Σ‖g‖²) / sqrt(Σ‖θ‖²), so that a large weight is
 not outvoted by its small biases (`relative_norm`). The Model page's probe (`core.engine.probe`)
-measures it on a few batches without an update; `AutoRGN` trains with it.
+measures it on a few batches without an update; `AutoRGN` trains with it, per tensor, as Lee et al.'s
+code does (`measure_rgn`).
 
 Layer drift: at each epoch's end, per part of the network (`core.freezing.network_parts`: the
 trunk's stages, then what the classifier holds besides its head, then the head), the relative change of the group's weights since the run
@@ -18,9 +19,11 @@ difference count (`core.estimate.memory` counts them).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import get_total_norm
 
@@ -81,31 +84,50 @@ class LayerDrift:
         return {"groups": list(self.groups), "drift": drift, "grad_norm": grad_norm}
 
 
-class AutoRGN:
-    """Auto-RGN (Lee et al., 2023): every tensor trains at the rate of its group times its relative
-    gradient norm over the largest one, ‖g‖/‖θ‖ / max over tensors, measured on the first batch of
-    each epoch (`after_backward` with ``first_step``), before that step's update.
+RGN_BATCHES = 5  # Lee et al.'s code averages each tensor's RGN over the first 5 batches of the epoch
 
-    The optimizer has one parameter group per tensor (`build_optimizer`). `end_epoch` puts the
-    unscaled rates back before the scheduler steps, so any schedule acts on the rates it set. A
-    tensor whose weights are all zero has no RGN and trains at the full rate.
+
+def measure_rgn(model: nn.Module, forward: Callable[[Tensor], Tensor], batches: Iterable[tuple[Tensor, Tensor]],
+                amp: Callable[[], AbstractContextManager]) -> dict[str, float]:
+    """Each trainable tensor's relative gradient norm ‖g‖/‖θ‖, averaged over `batches` ((inputs, labels)
+    of the run's batch size), with no update: Lee et al.'s `get_lr_weights`. Tensors whose weights are
+    all zero have no RGN and are left out. `.grad` is not touched."""
+    with torch.no_grad():
+        norms = {n: float(p.detach().float().norm()) for n, p in model.named_parameters() if p.requires_grad}
+    params = {n: p for n, p in model.named_parameters() if norms.get(n, 0.0) > 0}
+    sums, count = dict.fromkeys(params, 0.0), 0
+    for x, y in batches:
+        with amp():
+            logits = forward(x)
+        grads = torch.autograd.grad(F.cross_entropy(logits.float(), y), list(params.values()), allow_unused=True)
+        for name, g in zip(params, grads):
+            if g is not None:
+                sums[name] += float(g.detach().float().norm()) / norms[name]
+        count += 1
+    return {name: total / max(count, 1) for name, total in sums.items()}
+
+
+class AutoRGN:
+    """Auto-RGN as Lee et al. (ICLR 2023) define it in their code: at each epoch's start, every
+    trainable tensor (the norm layers are frozen: `preset_frozen(..., "auto-rgn")`) gets the base
+    rate × its RGN / the largest RGN (`measure_rgn`), and the optimizer starts afresh (their code
+    builds a new one each epoch: no momentum carried over).
+
+    The optimizer has one parameter group per tensor, all at the one base rate (`build_optimizer`).
+    `end_epoch` puts the unscaled rates back before the scheduler steps, so any schedule acts on
+    the base rate. A tensor without an RGN (all-zero weights) trains at the base rate.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self.scales: dict[str, float] = {}  # tensor name -> this epoch's scale
 
-    def after_backward(self, first_step: bool) -> None:
-        if not first_step:
-            return
-        groups = [g for g in self.optimizer.param_groups if g["params"][0].grad is not None]
-        with torch.no_grad():
-            grad = torch.stack([g["params"][0].grad.detach().float().norm() for g in groups]).tolist()
-            weight = torch.stack([g["params"][0].detach().float().norm() for g in groups]).tolist()
-        rgn = [gn / wn if wn > 0 else None for gn, wn in zip(grad, weight)]
-        top = max((r for r in rgn if r is not None), default=0.0)
-        for group, r in zip(groups, rgn):
-            scale = 1.0 if r is None or top == 0 else r / top
+    def start_epoch(self, rgn: dict[str, float]) -> None:
+        """Scale every group's rate by its tensor's RGN over the largest, and forget the optimizer's state."""
+        top = max(rgn.values(), default=0.0)
+        self.optimizer.state.clear()
+        for group in self.optimizer.param_groups:
+            scale = rgn[group["tensor"]] / top if top > 0 and group["tensor"] in rgn else 1.0
             group["unscaled_lr"] = group["lr"]
             group["lr"] *= scale
             self.scales[group["tensor"]] = scale

@@ -25,6 +25,7 @@ from core.freezing.presets import (
 from core.freezing.rules import (
     frozen_stochastic_depth,
     is_frozen_bn,
+    norm_paths,
     param_counts,
     param_groups,
     set_frozen,
@@ -42,7 +43,7 @@ from core.models import Stage, stages
 __all__ = [
     "CLASSIFIER", "HEAD", "PRESET_HELP", "PRESET_LABELS", "Check", "LayerNode", "LayerTree", "Phase", "Stage",
     "apply_preset", "frozen_complement", "frozen_prefix", "frozen_stochastic_depth", "is_frozen_bn", "layer_tree",
-    "model_parts", "model_structure", "network_parts", "output_shapes", "param_counts", "param_groups", "phase_plan",
+    "model_parts", "model_structure", "network_parts", "norm_paths", "output_shapes", "param_counts", "param_groups", "phase_plan",
     "preflight", "preset_frozen", "preset_label", "preset_of", "presets_for", "set_frozen", "set_train_mode", "stages",
     "strategy_label",
 ]

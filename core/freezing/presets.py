@@ -7,8 +7,8 @@ import re
 
 from torch import nn
 
-from core.config import RunConfig
-from core.freezing.rules import set_frozen
+from core.config import AUTO_RGN, RunConfig
+from core.freezing.rules import norm_paths, set_frozen
 from core.freezing.tree import LayerTree
 from core.models import arch_spec, get_module, stages
 
@@ -21,6 +21,7 @@ PRESET_LABELS = {
     "fc1_fc2": "FC1 + FC2 + head",
     "last": "Last N blocks",
     "custom": "Custom",  # ticked by hand in the layer tree
+    "auto-rgn": "Auto-RGN",  # every layer but the norm layers, each at a rate scaled by its relative gradient norm
 }
 
 PRESET_HELP = {
@@ -31,6 +32,9 @@ PRESET_HELP = {
     "fc1_fc2": "VGG: FC1 (classifier.0) and FC2 (classifier.3) fine-tune with the new head (classifier.6); "
                "the convolutional features are frozen.",
     "last": "Train the last N blocks of the trunk and everything after them.",
+    "auto-rgn": "Lee et al.'s Auto-RGN: every layer but the norm layers trains; at each epoch's start every "
+                "tensor's relative gradient norm ‖g‖/‖θ‖ is measured over 5 batches and its rate set to the base "
+                "rate × its RGN / the largest RGN.",
 }
 
 
@@ -52,7 +56,7 @@ def preset_label(preset: str) -> str:
 def strategy_label(config: RunConfig) -> str:
     """What a run's strategy is called: its preset's label, or "Auto-RGN" (every layer trains, at rates
     its relative gradient norms set)."""
-    return "Auto-RGN" if config.auto_rgn else preset_label(config.preset)
+    return PRESET_LABELS[AUTO_RGN] if config.auto_rgn else preset_label(config.preset)
 
 
 def preset_frozen(model: nn.Module, arch: str, preset: str) -> tuple[str, ...]:
@@ -64,10 +68,14 @@ def preset_frozen(model: nn.Module, arch: str, preset: str) -> tuple[str, ...]:
     - ``"fc1_fc2"`` (VGG): everything but ``classifier.0`` (FC1), ``classifier.3`` (FC2)
       and the new head ``classifier.6``.
     - ``"last<N>"``: the trunk's stages except the last N; the rest trains.
+    - ``"auto-rgn"``: the normalisation layers, which Lee et al.'s Auto-RGN neither measures nor
+      trains (`core.engine.signals.AutoRGN` sets every other tensor's rate).
     """
     spec = arch_spec(arch)
     if preset == "full":
         return ()
+    if preset == AUTO_RGN:
+        return norm_paths(model)
     if preset == "head":
         return frozen_complement(model, [spec.head])
     if preset == "classifier":

@@ -57,6 +57,16 @@ def param_counts(model: nn.Module) -> tuple[int, int]:
     return trainable, frozen
 
 
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def norm_paths(model: nn.Module) -> tuple[str, ...]:
+    """The dotted paths of every normalisation layer with parameters (BatchNorm, GroupNorm, LayerNorm,
+    InstanceNorm, and their subclasses such as torchvision's LayerNorm2d), in module order."""
+    return tuple(name for name, m in model.named_modules()
+                 if isinstance(m, NORM_LAYERS) and any(True for _ in m.parameters(recurse=False)))
+
+
 def is_frozen_bn(module: nn.Module) -> bool:
     """A BatchNorm layer whose affine parameters are all frozen."""
     return isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from core.config import RunConfig
-from core.freezing import output_shapes
+from core.freezing import norm_paths, output_shapes
 from core.models import arch_spec, build_skeleton, checkpoint_report, read_state_dict
 from core.store import (
     FINISHED,
@@ -30,6 +30,8 @@ def check_runnable(config: RunConfig, store: RunStore) -> None:
     names = {name for name, _ in skeleton.named_modules() if name}
     if unknown := [p for p in config.frozen if p not in names]:
         raise ValueError(f"{arch_spec(config.arch).label} has no module {unknown[0]!r} to freeze.")
+    if config.auto_rgn and set(config.frozen) != set(norm_paths(skeleton)):
+        raise ValueError("Auto-RGN trains every layer but the norm layers: its frozen set is exactly the norm layers.")
     output_shapes(skeleton, config.image_size)  # ValueError: too small for this architecture
     check_weights(config, store, skeleton)
 

@@ -26,7 +26,7 @@ class SweepRecord:
     owner: str
     created: str  # ISO 8601 UTC
     config: SweepConfig
-    members: list[dict]  # {"label", "preset", "frozen", "lr", "seed", "run_id"}, in the plan's order
+    members: list[dict]  # {"label", "strategy", "preset", "frozen", "lr", "seed", "run_id"}, in the plan's order
 
     @property
     def run_ids(self) -> list[str]:

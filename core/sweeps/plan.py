@@ -58,7 +58,7 @@ def strategies(sweep: SweepConfig, model: nn.Module | None = None) -> list[Strat
     def one_stage(stage) -> Strategy:
         return Strategy(stage.name, stage.name, frozen_complement(model, [*stage.paths, arch_spec(base.arch).head]))
 
-    auto_rgn = Strategy(AUTO_RGN, "full", (), auto_rgn=True)
+    auto_rgn = Strategy(AUTO_RGN, AUTO_RGN, preset_frozen(model, base.arch, AUTO_RGN), auto_rgn=True)
     extra = [auto_rgn] if sweep.with_auto_rgn else []
     if sweep.kind == "depth":
         deepest = len(trunk) - min(names.index(s.name) for s in chosen)  # the most stages a member trains
@@ -84,9 +84,11 @@ def plan(sweep: SweepConfig, model: nn.Module | None = None) -> list[Member]:
 
 
 def member_config(sweep: SweepConfig, member: Member) -> RunConfig:
-    """The `RunConfig` a member trains."""
+    """The `RunConfig` a member trains (Auto-RGN's norm layers in training mode, as in Lee et al.'s code)."""
+    auto_rgn = member.strategy.auto_rgn
     return sweep.base.replace(frozen=member.strategy.frozen, preset=member.strategy.preset, lr=member.lr,
-                              seed=member.seed, auto_rgn=member.strategy.auto_rgn)
+                              seed=member.seed, auto_rgn=auto_rgn,
+                              bn_frozen_eval=False if auto_rgn else sweep.base.bn_frozen_eval)
 
 
 def member_configs(sweep: SweepConfig, members: list[Member], model: nn.Module | None = None) -> list[RunConfig]:

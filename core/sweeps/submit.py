@@ -33,8 +33,8 @@ def checked_members(sweep: SweepConfig, store: RunStore) -> list[tuple[Member, R
 def record_sweep(store: RunStore, sweep: SweepConfig, members: list[tuple[Member, RunConfig, str]], *, name: str,
                  owner: str) -> str:
     """Write the sweep record for members already created as runs ((member, config, run id)); returns its id."""
-    entries = [{"label": m.label, "preset": m.strategy.preset, "frozen": list(c.frozen), "lr": m.lr, "seed": m.seed,
-                "run_id": run_id} for m, c, run_id in members]
+    entries = [{"label": m.label, "strategy": m.strategy.label, "preset": m.strategy.preset, "frozen": list(c.frozen),
+                "lr": m.lr, "seed": m.seed, "run_id": run_id} for m, c, run_id in members]
     return SweepStore(store).create(sweep, entries, name=name, owner=owner)
 
 
