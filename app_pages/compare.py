@@ -33,7 +33,10 @@ if not records:
 # Short headers for the two widest columns: with their long names the last column ("peak memory
 # (MiB)") was cut off at the right edge even in a 1400 px window with two runs.
 RUN_COLUMNS = {
-    "best val acc": st.column_config.NumberColumn(format="percent"),
+    "val acc": st.column_config.NumberColumn(format="percent", help="Of the weights the run kept (its best "
+                                             "validation epoch by default); the best so far while it trains."),
+    "test acc": st.column_config.NumberColumn(format="percent", help="The kept weights on the held-out test split, "
+                                              "graded once when the run finished: nothing was chosen with it."),
     "time (s)": st.column_config.NumberColumn(format="%.1f"),
     "images/s": st.column_config.NumberColumn(format="%.0f"),
     "peak memory (MiB)": st.column_config.NumberColumn(
@@ -95,10 +98,10 @@ left.plotly_chart(charts.compare_curves_figure(curves, "val_acc", "time_s", "Val
                   key="compare_acc_time", width="stretch")
 right.plotly_chart(charts.compare_curves_figure(curves, "val_loss", "time_s", "Validation loss over time"),
                    key="compare_loss_time", width="stretch")
-scored = table.dropna(subset=["best val acc"])
-left.plotly_chart(charts.runs_scatter_figure(scored, "trainable params", "Best accuracy vs trainable parameters",
+scored = table.dropna(subset=["test acc"])
+left.plotly_chart(charts.runs_scatter_figure(scored, "trainable params", "Test accuracy vs trainable parameters",
                                              log_x=True), key="compare_scatter_params", width="stretch")
-right.plotly_chart(charts.runs_scatter_figure(scored, "time (s)", "Best accuracy vs training time"),
+right.plotly_chart(charts.runs_scatter_figure(scored, "time (s)", "Test accuracy vs training time"),
                    key="compare_scatter_time", width="stretch")
 
 # --- per class ----------------------------------------------------------------------------------

@@ -80,6 +80,10 @@ def set_frozen_choice(frozen, preset: str) -> None:
     st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
 
 
+def set_bn_eval() -> None:
+    update_draft(bn_frozen_eval=st.session_state["model_bn_eval"])
+
+
 def set_auto_rgn() -> None:
     """The Auto-RGN switch: on, every layer but the norm layers trains at the rates Auto-RGN sets, the
     norm layers in training mode (as Lee et al.'s code runs them); off, full fine-tuning."""
@@ -251,11 +255,11 @@ has_sd = any(n.kind == "StochasticDepth" for n in tree.nodes)
 if has_bn or has_sd:
     what = ["BatchNorm statistics do not move"] if has_bn else []
     what += ["frozen blocks skip stochastic depth"] if has_sd else []
-    bn_eval = st.toggle(f"Frozen layers stay in eval mode ({', '.join(what)})", value=cfg.bn_frozen_eval,
-                        key="model_bn_eval",
-                        help="A frozen layer then computes the same function in training as at inference, "
-                             "so a frozen backbone's features can be computed once (the feature cache).")
-    cfg = update_draft(bn_frozen_eval=bn_eval)
+    st.session_state["model_bn_eval"] = cfg.bn_frozen_eval  # the draft decides (Auto-RGN turns it off)
+    st.toggle(f"Frozen layers stay in eval mode ({', '.join(what)})", key="model_bn_eval", on_change=set_bn_eval,
+              help="A frozen layer then computes the same function in training as at inference, so a frozen "
+                   "backbone's features can be computed once (the feature cache). Auto-RGN turns it off: its "
+                   "frozen norm layers run in training mode, as in Lee et al.'s code.")
 
 # --- costs: one training step, and a whole run on the chosen data --------------------------------
 model = skeleton(arch, cfg.num_classes)

@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from core.config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULERS
+from core.config import AUGMENTATIONS, KEEPS, OPTIMIZERS, PRECISIONS, SCHEDULERS
 from core.data import dataset_name
 from core.freezing import model_structure, strategy_label
 from core.models import arch_spec, imagenet_available
@@ -91,13 +91,21 @@ with st.form("train_form", enter_to_submit=False):  # Enter in "Run name" must n
                                  "Augmentation turns the feature cache off.")
     unfreeze_after = c.number_input("Gradual unfreezing after", 0, 999, cfg.unfreeze_after, key="train_unfreeze",
                                     help="0 = off. k > 0 trains only the head for k epochs, then the chosen layers too.")
-    name = d.text_input("Run name", "", key="train_name", placeholder="default: model · strategy · dataset")
+    keep = d.selectbox("Weights kept", KEEPS, KEEPS.index(cfg.keep), key="train_keep",
+                       format_func={"best": "best validation epoch", "last": "last epoch"}.get,
+                       help="The weights the run ends with, saves and reports (validation and test). The test split "
+                            "grades them once at the end.")
+    a, b, c, d = st.columns(4)
+    early_stop = a.number_input("Early stopping patience", 0, 999, cfg.early_stop, key="train_early_stop",
+                                help="0 = off. k > 0 ends the run after k epochs without a better validation accuracy.")
+    name = b.text_input("Run name", "", key="train_name", placeholder="default: model · strategy · dataset")
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
 if submitted:
     form = dict(optimizer=optimizer, lr=float(lr), backbone_lr_mult=float(mult), weight_decay=float(wd),
                 epochs=int(epochs), batch_size=int(batch), scheduler=scheduler, seed=int(seed),
-                precision=precision, augment=tuple(augment), unfreeze_after=int(unfreeze_after))
+                precision=precision, augment=tuple(augment), unfreeze_after=int(unfreeze_after), keep=keep,
+                early_stop=int(early_stop))
     try:  # a refused start changes nothing: the draft takes the form's values only once a run is queued
         run_id = manager.submit(cfg.replace(**form), owner=session_owner(), name=name or None)
     except ValueError as exc:
@@ -184,12 +192,22 @@ def run_outcome(snap) -> None:
 
 
 def run_figures(snap) -> None:
-    """The last epoch's headline numbers."""
+    """The headline numbers: a finished run's held-out test accuracy and its kept weights' validation
+    accuracy (which epoch they are from), else the last epoch's so far."""
     epochs = snap.metrics.get("epochs", [])
     last = epochs[-1] if epochs else None
     if last:
         row = st.container(horizontal=True)
-        row.metric("Validation accuracy", f"{last['val_acc']:.1%}")
+        summary = snap.summary
+        if summary.weights_epoch:
+            test = "no test images" if summary.test_acc is None else f"{summary.test_acc:.1%}"
+            row.metric("Test accuracy", test, help=f"The weights the run kept, on the {summary.test_size} held-out "
+                       "test images, graded once at the end: nothing was chosen with them.")
+            row.metric(f"Validation accuracy (epoch {summary.weights_epoch} of {summary.epochs_done})",
+                       f"{summary.val_acc:.1%}", help=f"The run kept its {'best' if snap.config.keep == 'best' else 'last'}"
+                       f" validation epoch's weights; the last epoch's was {summary.last_val_acc:.1%}.")
+        else:
+            row.metric("Validation accuracy", f"{last['val_acc']:.1%}", help="The last epoch's, so far.")
         row.metric("Train accuracy", f"{last['train_acc']:.1%}")
         row.metric("Images / s", f"{last['images_per_s']:.0f}",
                    help="Training images per second in the last epoch: its training pass only (validation excluded; "

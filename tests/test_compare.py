@@ -30,7 +30,9 @@ def test_runs_table(records):
     assert list(table["trainable params"]) == [11_178_051, 512 * 3 + 3]
     assert (table["status"] == "finished").all() and (table["arch"] == "resnet18").all()
     for r, (_, row) in zip(records, table.iterrows()):
-        assert row["best val acc"] == max(e["val_acc"] for e in r.metrics["epochs"])
+        assert row["val acc"] == r.metrics["epochs"][r.summary.weights_epoch - 1]["val_acc"]  # the kept epoch's
+        assert row["val acc"] == max(e["val_acc"] for e in r.metrics["epochs"])  # keep="best"
+        assert row["test acc"] == r.summary.test_acc and 0 <= row["test acc"] <= 1
         assert row["time (s)"] > 0 and row["images/s"] > 0 and row["peak memory (MiB)"] > 0
     csv = pd.read_csv(io.BytesIO(compare.table_csv(table)))
     assert list(csv.columns) == list(table.columns) and len(csv) == 2
@@ -84,8 +86,7 @@ def test_per_class_and_difference(records):
     table = compare.per_class(records)
     assert len(table) == 6 and set(table["class"]) == {"box", "disc", "wedge"}
     diff = compare.per_class_difference(*records)
-    a = records[0].metrics["epochs"][-1]["per_class_acc"]
-    b = records[1].metrics["epochs"][-1]["per_class_acc"]
+    a, b = records[0].summary.per_class_acc, records[1].summary.per_class_acc  # of the kept weights
     assert diff["difference"].tolist() == pytest.approx([y - x for x, y in zip(a, b)])
     classes, matrix = compare.confusion(records[1])
     assert classes == ["box", "disc", "wedge"] and sum(map(sum, matrix)) == records[1].summary.val_size
@@ -95,7 +96,7 @@ def test_misclassified_agrees_with_the_recorded_validation_accuracy(records, sha
     record = records[1]
     wrong = compare.misclassified(record, limit=None)
     val_size = record.summary.val_size
-    recorded_errors = round((1 - record.metrics["epochs"][-1]["val_acc"]) * val_size)
+    recorded_errors = round((1 - record.summary.val_acc) * val_size)  # the weights the run kept
     assert len(wrong) == recorded_errors
     assert list(wrong.columns) == ["path", "true", "predicted", "loss", "confidence"]
     assert wrong["loss"].is_monotonic_decreasing

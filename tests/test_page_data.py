@@ -42,11 +42,12 @@ def test_demo_dataset_shows_preview_and_sets_the_draft(at):
     at.run()
     assert not at.exception and not at.error
     assert at.radio(key="data_source").value == "demo-target"
-    assert images_shown(at) == 4 * 8
+    assert images_shown(at) == 4 * 6  # the training images: 10 per class, less 2 for test and 2 for validation
+    assert [m.value for m in at.metric][1:4] == ["24", "8", "8"]  # train, validation, test
     draft = at.session_state["draft"]
     assert (draft.dataset, draft.num_classes) == ("demo-target:10", 4)
     assert at.session_state["dataset_classes"] == ["diamond", "pentagon", "star4", "tshape"]
-    assert at.metric[1].value == "32" and at.metric[2].value == "8"
+    assert at.metric[4].value == "0"  # skipped files
 
 
 def test_uploaded_zip_becomes_the_dataset(at):
@@ -57,7 +58,7 @@ def test_uploaded_zip_becomes_the_dataset(at):
     draft = at.session_state["draft"]
     assert draft.num_classes == 3 and draft.dataset.endswith("pets")
     assert at.session_state["dataset_classes"] == ["cat", "dog", "fox"]
-    assert images_shown(at) == 3 * 2  # 3 images per class: 2 train + 1 val
+    assert images_shown(at) == 3 * 1  # 3 images per class: 1 train, 1 validation, 1 test
 
 
 def test_bad_zip_shows_the_error_and_changes_nothing(at):

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core.config import RunConfig
 from core.estimate import cost_profile, human_bytes, run_memory
 from core.jobs.probes import probe_key
+from core.models import build_skeleton
 from tests.test_training import draw_folder
 from ui.services import get_manager, get_probes
 
@@ -276,7 +277,7 @@ def test_ticking_every_box_by_hand_is_called_full_fine_tune_not_custom():
     assert at.session_state["draft"].frozen == () and metric(at, "Strategy") == "Full fine-tune"
 
 
-def test_the_layer_signals_probe_its_column_and_the_top_stages(tmp_path):
+def test_the_layer_signals_probe_and_its_column_advise_nothing(tmp_path):
     folder = draw_folder(tmp_path / "shapes", per_class=6)
     get_probes.clear()
     try:
@@ -293,25 +294,24 @@ def test_the_layer_signals_probe_its_column_and_the_top_stages(tmp_path):
         overview = at.data_editor(key="tree_overview@0").value
         rgn = signals.group_rgn()
         assert list(overview["RGN"][:5]) == pytest.approx([rgn[s] for s in ("stem", "layer1", "layer2", "layer3", "layer4")])
-        # the top 2 stages by the signal train, with the head; the draft says so
-        top = sorted(("stem", "layer1", "layer2", "layer3", "layer4"), key=rgn.get)[-2:]
-        at.number_input(key="rgn_top_k").set_value(2).run()
-        at.button(key="rgn_apply").click().run()
-        assert not at.exception
-        overview = at.data_editor(key=f"tree_overview@{at.session_state['tree_version']}").value
-        assert set(overview[overview["train"]]["layer"]) == {*top, "classifier"}
-        assert at.session_state["draft"].preset in ("custom", "last2")
+        # a measurement with its meaning, and no one-click choice from it (it points the wrong way on demo-flip)
+        assert any("It is a measurement, not advice" in c.value for c in at.caption)
+        assert not [b for b in at.button if b.key == "rgn_apply"] and not [n for n in at.number_input if n.key == "rgn_top_k"]
     finally:
         get_probes().close()
         get_probes.clear()
 
 
-def test_auto_rgn_trains_every_layer_and_a_preset_turns_it_off():
+def test_auto_rgn_trains_every_layer_but_the_norm_layers_and_a_preset_turns_it_off():
     at = open_page(preset="head", frozen=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"))
     at.toggle(key="model_auto_rgn").set_value(True).run()
-    assert not at.exception
-    assert at.session_state["draft"].auto_rgn and at.session_state["draft"].frozen == ()
-    assert metric(at, "Strategy") == "Auto-RGN" and trainable(at) == 11_181_642
+    draft = at.session_state["draft"]
+    assert draft.preset == "auto-rgn" and not draft.bn_frozen_eval and len(draft.frozen) == 20  # the norm layers
+    assert not at.exception and draft.auto_rgn
+    model = build_skeleton("resnet18", 10)
+    norms = sum(p.numel() for n, m in model.named_modules() if n in draft.frozen for p in m.parameters())
+    assert metric(at, "Strategy") == "Auto-RGN" and trainable(at) == 11_181_642 - norms  # counted independently
     at.button(key="preset_head").click().run()
     assert not at.session_state["draft"].auto_rgn and at.session_state["draft"].preset == "head"
+    assert at.session_state["draft"].bn_frozen_eval  # back to frozen norm layers in eval mode
     assert at.toggle(key="model_auto_rgn").value is False

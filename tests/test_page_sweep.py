@@ -33,19 +33,21 @@ def page_with(draft: RunConfig) -> AppTest:
 def test_the_form_counts_the_runs_and_refuses_bad_rates(folder):
     at = page_with(RunConfig(arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32), epochs=1))
     assert not at.exception
-    assert any("**7 runs**" in m.value for m in at.markdown)  # head, stem, layer1-4, full
+    assert any("**21 runs**" in m.value for m in at.markdown)  # head, stem, layer1-4, full at 0.003, 0.01, 0.03
     at.number_input(key="sweep_seeds").set_value(3).run()
-    assert any("**21 runs**" in m.value for m in at.markdown)
+    assert any("**63 runs**" in m.value for m in at.markdown)
+    at.toggle(key="sweep_tune").set_value(False).run()
+    assert any("**21 runs**" in m.value for m in at.markdown)  # one rate, three seeds
     at.text_input(key="sweep_lrs").set_value("0.01, fast").run()
     assert any("'fast' is not a learning rate" in e.value for e in at.error)
     assert "sweep_start" not in [b.key for b in at.button] and SweepStore(get_manager().store).list() == []
 
 
-def test_a_tiny_sweep_runs_to_its_answer_and_the_answer_goes_into_the_draft(folder):
+def test_a_tiny_sweep_tunes_the_rate_runs_to_its_answer_and_the_answer_goes_into_the_draft(folder):
     at = page_with(RunConfig(arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32), epochs=1,
-                             batch_size=8))
+                             batch_size=8, lr=0.01))
     at.multiselect(key="sweep_stages").set_value(["layer4"]).run()
-    assert any("**3 runs**" in m.value for m in at.markdown)
+    assert any("**9 runs**" in m.value for m in at.markdown)  # three strategies at 0.003, 0.01 and 0.03
     at.button(key="sweep_start").click().run()
     assert not at.exception
     [record] = SweepStore(get_manager().store).list()
@@ -55,21 +57,31 @@ def test_a_tiny_sweep_runs_to_its_answer_and_the_answer_goes_into_the_draft(fold
     at.run()
     assert not at.exception
     [table] = [d.value for d in at.dataframe if "strategy" in d.value.columns]
-    assert list(table["strategy"]) == ["head", "layer4", "full"] and set(table["status"]) == {FINISHED}
-    # the surgical chart: each strategy against full fine-tuning (one seed: the plain differences)
+    assert list(table["strategy"]) == [s for s in ("head", "layer4", "full") for _ in range(3)]
+    assert list(table["lr"]) == [0.003, 0.01, 0.03] * 3 and set(table["status"]) == {FINISHED}
+    assert table["test acc"].notna().all() and (table["trainable params"] > 0).all()
+    # the chart and the relative chart: each strategy at the rate its validation chose, reported on test
+    report = sweep_state(get_manager().store, record)
+    chosen = {r.label: r for r in report.rows}
+    for label, row in chosen.items():
+        tried = [m for m in report.members if m.strategy == label]
+        assert row.mean_acc == max(m.val_acc for m in tried)  # one seed: the member's own figure
+        assert row.test_mean_acc == next(m.test_acc for m in tried if m.lr == row.lr)
     chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("sweep_relative_chart"))
     bars = json.loads(chart.proto.spec)["data"][0]
-    acc = {m.label: m.val_acc for m in sweep_state(get_manager().store, record).members}
     assert bars["x"] == ["head", "layer4"]
-    assert bars["y"] == pytest.approx([100 * (acc[s] - acc["full"]) for s in ("head", "layer4")])
+    assert bars["y"] == pytest.approx([100 * (chosen[s].test_mean_acc - chosen["full"].test_mean_acc)
+                                       for s in ("head", "layer4")])
     [answer] = [s.value for s in at.success]
-    assert answer.startswith("**Best:**")
+    rec = report.recommendation
+    assert answer == rec["answer"] and answer.startswith("Train ") and "chosen from 0.003, 0.01, 0.03" in answer
     # the next sweep's time: the cost model's work at the speed these runs reached here
-    at.session_state["dataset_sizes"] = {str(folder): (19, 5)}
+    at.session_state["dataset_sizes"] = {str(folder): (19, 5, 6)}
     at.run()
     assert any(re.search(r"About \d+ min: [\d.]+ [GMT]?FLOP of work \(cost model\) at the [\d.]+ [GMT]?FLOP/s", m.value)
                for m in at.markdown)
+    assert f"`{rec['chosen']}` at {rec['lr']:g}" in at.button(key="sweep_apply").label
     at.button(key="sweep_apply").click().run()
     applied = at.session_state["draft"]
-    label = next(m for m in record.members if f"`{m['label']}`" in at.button(key="sweep_apply").label)
-    assert applied.frozen == tuple(label["frozen"])
+    member = next(m for m in report.members if m.strategy == rec["chosen"])
+    assert applied.frozen == tuple(member.frozen) and applied.lr == rec["lr"]

@@ -59,8 +59,11 @@ def test_start_a_run_and_see_it_finish(folder):
     at = poll_until(at, lambda a: any("Freeze audit passed" in s.value for s in a.success))
     assert not at.exception
     assert get_manager().store.load(run_id).status == "finished"
-    labels = [m.label for m in at.metric]
-    assert "Validation accuracy" in labels and "Images / s" in labels
+    record = get_manager().store.load(run_id)
+    shown = {m.label: m.value for m in at.metric}
+    kept = record.summary.weights_epoch
+    assert shown["Test accuracy"] == f"{record.summary.test_acc:.1%}" and "Images / s" in shown
+    assert shown[f"Validation accuracy (epoch {kept} of 2)"] == f"{record.metrics['epochs'][kept - 1]['val_acc']:.1%}"
     assert any("Feature cache: on" in c.value for c in at.caption)
     # the charts' tabs: only the open one's charts are built and sent
     assert [t.label for t in at.tabs] == ["Loss and accuracy", "Per class", "Layer signals"]

@@ -262,6 +262,26 @@ def test_a_sweep_queues_its_members_and_answers_from_them(store):
         manager.shutdown(wait=True, timeout=TIMEOUT)
 
 
+def test_while_a_sweep_runs_its_answer_says_so_far_and_the_time_left(store):
+    gate = threading.Event()
+    engine = Engine(gate, free=1)  # the first member finishes, the next one waits in training
+    manager = JobManager(store, train_fn=engine, device=torch.device("cpu"))
+    try:
+        record = SweepStore(store).load(submit_sweep(manager, SweepConfig(base=BASE, kind="surgical", stages=("layer4",))))
+        manager.wait(record.run_ids[0], TIMEOUT)
+        assert engine.started.acquire(timeout=TIMEOUT) and engine.started.acquire(timeout=TIMEOUT)
+        rec = sweep_state(manager.store, record).recommendation
+        assert rec["so_far"] and rec["chosen"] == "head"  # the only finished strategy: an answer, marked as such
+        assert rec["answer"].startswith("So far (1 of 3 runs ended, about 0 min left): Train only the new head (fc)")
+        gate.set()
+        wait_done(manager, record)
+        rec = sweep_state(manager.store, record).recommendation
+        assert not rec["so_far"] and not rec["answer"].startswith("So far")
+    finally:
+        gate.set()
+        manager.shutdown(wait=True, timeout=TIMEOUT)
+
+
 def test_a_sweep_that_cannot_run_queues_nothing(store):
     manager = JobManager(store, train_fn=Engine(), device=torch.device("cpu"))
     try:

@@ -188,12 +188,13 @@ def compare_curves_figure(table, y: str, x: str = "epoch", title: str = "") -> g
 
 
 def runs_scatter_figure(table, x: str, title: str, log_x: bool = False) -> go.Figure:
-    """Best validation accuracy of each run against column `x` of `core.analysis.compare.runs_table`."""
+    """Held-out test accuracy of each run (of the weights it kept) against column `x` of
+    `core.analysis.compare.runs_table`."""
     import math
 
     fig = go.Figure()
     for i, (_, row) in enumerate(table.iterrows()):
-        fig.add_scatter(x=[row[x]], y=[row["best val acc"]], name=row["run"], mode="markers+text",
+        fig.add_scatter(x=[row[x]], y=[row["test acc"]], name=row["run"], mode="markers+text",
                         text=[row["strategy"]], textposition="top center" if i % 2 == 0 else "bottom center",
                         marker=dict(size=12, color=_run_colour(i)))
     xs = [v for v in table[x] if v == v and v is not None] if len(table) else []
@@ -204,7 +205,7 @@ def runs_scatter_figure(table, x: str, title: str, log_x: bool = False) -> go.Fi
     else:
         x_range = None
     _layout(fig, title, xaxis=dict(title=x, type="log" if log_x else "linear", range=x_range),
-            yaxis=dict(title="best val acc", range=[0, 1.08], tickformat=".0%"))
+            yaxis=dict(title="test acc", range=[0, 1.08], tickformat=".0%"))
     return _legend_below(fig)
 
 
@@ -213,7 +214,7 @@ def per_class_grouped_figure(table) -> go.Figure:
     fig = go.Figure()
     for i, (run, part) in enumerate(table.groupby("run", sort=False)):
         fig.add_bar(x=part["class"], y=part["accuracy"], name=run, marker_color=_run_colour(i))
-    return _layout(fig, "Validation accuracy per class (final epoch)", barmode="group",
+    return _layout(fig, "Validation accuracy per class (kept weights; the last epoch while a run trains)", barmode="group",
                    yaxis=dict(range=[0, 1], tickformat=".0%"))
 
 

@@ -82,8 +82,9 @@ def _date(iso: str) -> str:
 
 
 def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
-    """One row per run: name, date, status, arch, strategy, trainable params, best val acc,
-    time, images/s, peak memory. Figures a run has not produced yet are empty (NaN)."""
+    """One row per run: name, date, status, arch, strategy, trainable params, val acc (of the kept
+    weights; the best so far while it trains), test acc (held out, once finished), time, images/s,
+    peak memory. Figures a run has not produced yet are empty (NaN)."""
     rows = []
     for label, r in zip(run_labels(records), records):
         epochs = _epochs(r)
@@ -101,12 +102,14 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             "arch": r.config.arch,
             "strategy": strategy_label(r.config),
             "trainable params": trainable_params(r),
-            "best val acc": max((e["val_acc"] for e in epochs if "val_acc" in e), default=None),
+            "val acc": r.summary.val_acc if r.summary.val_acc is not None else
+            max((e["val_acc"] for e in epochs if "val_acc" in e), default=None),
+            "test acc": r.summary.test_acc,
             "time (s)": _time_s(r),
             "images/s": ips,
             "peak memory (MiB)": peak / MiB if peak else None,
         })
-    columns = ["id", "run", "date", "status", "arch", "strategy", "trainable params", "best val acc",
+    columns = ["id", "run", "date", "status", "arch", "strategy", "trainable params", "val acc", "test acc",
                "time (s)", "images/s", "peak memory (MiB)"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -166,12 +169,13 @@ def freezing_map(records: Sequence[RunRecord]) -> pd.DataFrame:
 
 
 def layer_drift(records: Sequence[RunRecord]) -> pd.DataFrame:
-    """Each run's weight drift ‖θ − θ₀‖ / ‖θ₀‖ per part of the network at its last recorded epoch (rows:
-    runs, columns: parts in forward order, as `freezing_map`); runs recorded before the engine
-    measured drift are left out."""
+    """Each run's weight drift ‖θ − θ₀‖ / ‖θ₀‖ per part of the network for the weights it kept (the
+    epoch they are from; the last recorded epoch while it trains) (rows: runs, columns: parts in
+    forward order, as `freezing_map`); runs recorded before the engine measured drift are left out."""
     rows = {}
     for label, r in zip(run_labels(records), records):
-        layers = next((e["layers"] for e in reversed(_epochs(r)) if isinstance(e.get("layers"), dict)), None)
+        epochs = _epochs(r)[: r.summary.weights_epoch or None]
+        layers = next((e["layers"] for e in reversed(epochs) if isinstance(e.get("layers"), dict)), None)
         if layers:
             rows[label] = dict(zip(layers.get("groups", []), layers.get("drift", [])))
     return _parts_frame(rows)
@@ -199,16 +203,25 @@ def curves(records: Sequence[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "epoch", "time_s", "val_acc", "val_loss", "train_acc", "train_loss"])
 
 
+def _kept_per_class(record: RunRecord) -> list | None:
+    """Per-class validation accuracy of the weights a finished run kept, else of its last epoch so far."""
+    if record.summary.per_class_acc is not None:
+        return record.summary.per_class_acc
+    epochs = _epochs(record)
+    return epochs[-1].get("per_class_acc") if epochs else None
+
+
 def per_class(records: Sequence[RunRecord]) -> pd.DataFrame:
-    """Long table: run, class, accuracy (validation, final epoch)."""
+    """Long table: run, class, accuracy (validation, of the kept weights), test accuracy (held out)."""
     rows = []
     for label, r in zip(run_labels(records), records):
-        epochs = _epochs(r)
-        if not epochs or "per_class_acc" not in epochs[-1]:
+        accs = _kept_per_class(r)
+        if accs is None:
             continue
-        for name, acc in zip(run_classes(r), epochs[-1]["per_class_acc"]):
-            rows.append({"run": label, "class": name, "accuracy": acc})
-    return pd.DataFrame(rows, columns=["run", "class", "accuracy"])
+        tests = r.summary.test_per_class_acc or [None] * len(accs)
+        for name, acc, test in zip(run_classes(r), accs, tests):
+            rows.append({"run": label, "class": name, "accuracy": acc, "test accuracy": test})
+    return pd.DataFrame(rows, columns=["run", "class", "accuracy", "test accuracy"])
 
 
 def per_class_difference(a: RunRecord, b: RunRecord) -> pd.DataFrame:
@@ -217,21 +230,21 @@ def per_class_difference(a: RunRecord, b: RunRecord) -> pd.DataFrame:
     if classes_a != classes_b:
         raise ValueError(f"{a.name!r} and {b.name!r} were trained on different classes; "
                          "per-class accuracy can only be compared on the same classes.")
-    ea, eb = _epochs(a), _epochs(b)
-    if not ea or not eb:
+    acc_a, acc_b = _kept_per_class(a), _kept_per_class(b)
+    if acc_a is None or acc_b is None:
         raise ValueError("both runs need at least one finished epoch")
-    acc_a, acc_b = ea[-1]["per_class_acc"], eb[-1]["per_class_acc"]
     label_a, label_b = run_labels([a, b])
     return pd.DataFrame({"class": classes_a, label_a: acc_a, label_b: acc_b,  # None: no validation images
                          "difference": [None if x is None or y is None else y - x for x, y in zip(acc_a, acc_b)]})
 
 
 def confusion(record: RunRecord) -> tuple[list[str], list[list[int]]] | None:
-    """(classes, matrix with rows = true class) of the final epoch, or None before the first epoch."""
+    """(classes, validation matrix with rows = true class) of the epoch whose weights a finished run
+    kept, else of the last epoch so far; None before the first epoch."""
     epochs = _epochs(record)
-    if not epochs or "confusion" not in epochs[-1]:
-        return None
-    return run_classes(record), epochs[-1]["confusion"]
+    kept = epochs[record.summary.weights_epoch - 1] if record.summary.weights_epoch and epochs else \
+        (epochs[-1] if epochs else {})
+    return (run_classes(record), kept["confusion"]) if "confusion" in kept else None
 
 
 # --------------------------------------------------------------------------- misclassified images
@@ -239,7 +252,7 @@ def confusion(record: RunRecord) -> tuple[list[str], list[list[int]]] | None:
 
 def misclassified(record: RunRecord, *, device: torch.device | str = "cpu", limit: int | None = 24,
                   runs_dir: Path | None = None, data_dir: Path | None = None) -> pd.DataFrame:
-    """The run's misclassified validation images, highest loss first.
+    """The run's misclassified validation images, highest loss first (the weights it kept).
 
     The validation split is rebuilt as the run made it (`load_dataset` with the
     run's dataset, split fractions and seed) and classified with the run's final

@@ -398,8 +398,9 @@ def test_main_path(app_server, page, shots, tmp_path):
         row = rows[record.name]
         assert (row["status"], row["arch"], row["strategy"]) == ("finished", ARCH, strategy), row
         assert int(row["trainable"]) == params, row  # the "trainable params" column, headed "trainable"
-        assert float(row["best val acc"]) == max(e["val_acc"] for e in record.metrics["epochs"]), row
-    for title in ("Validation accuracy per epoch", "Best accuracy vs trainable parameters"):
+        assert float(row["val acc"]) == max(e["val_acc"] for e in record.metrics["epochs"]), row  # the kept epoch
+        assert float(row["test acc"]) == record.summary.test_acc, row
+    for title in ("Validation accuracy per epoch", "Test accuracy vs trainable parameters"):
         chart = plotly_chart(page, title)
         expect(chart.locator(".legendtext", has_text=record_full.name)).to_have_count(1)
         expect(chart.locator(".legendtext", has_text=record_head.name)).to_have_count(1)
