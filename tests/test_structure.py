@@ -1,5 +1,5 @@
 """The code's structure, checked: the dependency rule of core, no import cycles, no lazy imports of
-our own modules, short functions, and a clean ruff (README, "Architecture")."""
+our own modules, short functions, and a clean ruff (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -101,3 +101,19 @@ def test_ruff_finds_nothing():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_readme_is_for_users_and_ci_runs_its_commands():
+    """A user's README: short, the install and run commands in its first screen; CI installs and tests
+    exactly as its Test section says, and the app's requirements hold no development tool."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    first_screen = "\n".join(readme.splitlines()[:15])
+    assert "pip install -r requirements.txt -c constraints.txt" in first_screen and "streamlit run app.py" in first_screen
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -r requirements-dev.txt -c constraints.txt" in readme and ci.count(
+        "pip install -r requirements-dev.txt -c constraints.txt") == 1
+    assert ci.rstrip().endswith("pytest") and "\npytest " in readme
+    app = (ROOT / "requirements.txt").read_text()
+    assert not {"pytest", "playwright", "ruff", "import-linter", "ray"} & {
+        line.split(">")[0].split("=")[0].strip() for line in app.splitlines() if line and not line.startswith("#")}
