@@ -185,7 +185,7 @@ def _isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def manager():
+def manager(in_process_training):
     """A fresh job manager on this test's runs directory, shut down afterwards."""
     get_manager.clear()
     yield get_manager()

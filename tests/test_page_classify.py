@@ -17,7 +17,7 @@ PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "classify.py")
 
 
 @pytest.fixture
-def at(shared, tmp_path, monkeypatch):  # noqa: F811
+def at(shared, tmp_path, monkeypatch, in_process_training):  # noqa: F811
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no ImageNet weights here
     get_manager.clear()
     yield AppTest.from_file(PAGE, default_timeout=60).run()

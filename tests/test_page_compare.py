@@ -19,7 +19,7 @@ PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "compare.py")
 
 
 @pytest.fixture
-def at(shared):  # noqa: F811
+def at(shared, in_process_training):  # noqa: F811
     get_manager.clear()
     yield AppTest.from_file(PAGE, default_timeout=60).run()
     get_manager().shutdown(wait=True, timeout=30)

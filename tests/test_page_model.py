@@ -18,7 +18,7 @@ PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "model.py")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path, monkeypatch):
+def _isolated_dirs(tmp_path, monkeypatch, in_process_training):
     monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
     get_manager.clear()  # the page lists this test's runs

@@ -22,7 +22,7 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
+def _isolated(tmp_path, monkeypatch, in_process_training):
     monkeypatch.setenv("FREEZE_LAB_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("FREEZE_LAB_DATA_DIR", str(tmp_path / "data"))
     get_manager.clear()  # a fresh JobManager on this test's runs directory

@@ -138,7 +138,8 @@ def test_the_command_line_on_ray_prints_the_same_json(folder, tmp_path):
         result = {k: v for k, v in result.items() if k not in ("sweep_id", "pareto_front")}
         result["recommendation"] = result["recommendation"]["best"]
         result["members"] = [{k: v for k, v in m.items() if k not in ("run_id", "train_s")} for m in result["members"]]
-        result["summary"] = [{k: v for k, v in r.items() if k != "mean_train_s"} for r in result["summary"]]
+        for table in ("summary", "rates"):
+            result[table] = [{k: v for k, v in r.items() if k != "mean_train_s"} for r in result[table]]
         return result
 
     here, on_ray = sweep_json(), sweep_json("--ray-address", "local")
@@ -170,6 +171,7 @@ def sweep_page(folder):
     at.session_state["draft"] = RunConfig(arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32),
                                           epochs=1, batch_size=8)
     at.run()
+    at.toggle(key="sweep_tune").set_value(False)  # one rate: three members
     at.multiselect(key="sweep_stages").set_value(["layer4"]).run()
     return at
 

@@ -173,7 +173,7 @@ def test_the_answer_in_words_for_a_hand_made_summary():
     text = answer_sentence(stem, [stem, full], described=described, total_params=total, seeds=3,
                            rates=(0.003, 0.01, 0.03))
     assert text == (
-        f"Train only the stem (conv1, bn1, relu, maxpool) and the new head (fc): {9_668 / total:.1%} of the parameters, test accuracy "
+        f"Train only the stem (conv1, bn1, relu, maxpool) and the new head (fc): {100 * 9_668 / total:.2g}% of the parameters, test accuracy "
         "91.7% ± 1.2% against full fine-tuning's 93.8% ± 0.5%, in 40% of its training time. Chosen on validation "
         "accuracy (the cheapest strategy within one standard error of the best), 3 seeds, its rate 0.03 chosen from "
         "0.003, 0.01, 0.03 on validation; the test images chose nothing.")
@@ -183,6 +183,9 @@ def test_the_answer_in_words_for_a_hand_made_summary():
     assert "one seed (no error bar), one rate (0.01), not tuned" in running
     assert what_trains("last2", model, "resnet18") == "the last 2 stages (layer3, layer4) and the new head (fc)"
     assert what_trains("head", model, "resnet18") == "only the new head (fc)"
+    head = Row("head", 3, 0.9, 0.01, 2_052, 1.0, 0.01, 0.896, 0.006)
+    assert "0.018% of the parameters" in answer_sentence(head, [head], described="x", total_params=total, seeds=3,
+                                                          rates=(0.01,))  # 2,052 of 11,178,564: not "0.0%"
 
 
 def test_the_recommendation_is_the_best_and_the_cheapest_within_one_standard_error():

@@ -40,13 +40,19 @@ def _acc(mean: float | None, error: float | None) -> str:
     return f"{mean:.1%}" + (f" ± {error:.1%}" if error is not None else "")
 
 
+def _share(part: int, whole: int) -> str:
+    """A share in percent with two significant digits below 1% (0.028%), one decimal above (75.1%)."""
+    percent = 100 * part / whole
+    return f"{percent:.2g}%" if percent < 1 else f"{percent:.1f}%"
+
+
 def answer_sentence(chosen: Row, rows: Sequence[Row], *, described: str, total_params: int, seeds: int,
                     rates: Sequence[float], so_far: str | None = None) -> str:
     """The sentence. `described`: `what_trains` of the chosen label; `rates`: the rates tried (one:
     not tuned); `so_far`: None when the sweep has ended, else what has finished ("4 of 21 runs, about
     6 min left")."""
     full = next((r for r in rows if r.label == "full"), None)
-    text = (f"Train {described}: {chosen.trainable_params / total_params:.1%} of the parameters, test accuracy "
+    text = (f"Train {described}: {_share(chosen.trainable_params, total_params)} of the parameters, test accuracy "
             f"{_acc(chosen.test_mean_acc, chosen.test_sem_acc)}")
     if full is not None and full.label != chosen.label:
         ratio = chosen.mean_train_s / full.mean_train_s if full.mean_train_s else float("nan")
