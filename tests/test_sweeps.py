@@ -173,7 +173,8 @@ def test_the_answer_in_words_for_a_hand_made_summary():
     text = answer_sentence(stem, [stem, full], described=described, total_params=total, seeds=3,
                            rates=(0.003, 0.01, 0.03))
     assert text == (
-        f"Train only the stem (conv1, bn1, relu, maxpool) and the new head (fc): {100 * 9_668 / total:.2g}% of the parameters, test accuracy "
+        f"Train only the stem (conv1, bn1, relu, maxpool) and the new head (fc): {100 * 9_668 / total:.2g}% of the "
+        "parameters, test accuracy "
         "91.7% ± 1.2% against full fine-tuning's 93.8% ± 0.5%, in 40% of its training time. Chosen on validation "
         "accuracy (the cheapest strategy within one standard error of the best), 3 seeds, its rate 0.03 chosen from "
         "0.003, 0.01, 0.03 on validation; the test images chose nothing.")
