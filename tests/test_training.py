@@ -438,7 +438,7 @@ def test_keep_last_ends_with_the_last_epochs_weights(folder, tmp_path):
 
 
 def test_kept_weights_are_restored_exactly():
-    model = build_skeleton("resnet18", 3).to_empty(device="cpu")
+    model = build_model("resnet18", 3, weights="none")  # real values (an emptied skeleton may hold NaNs)
     set_frozen(model, preset_frozen(model, "resnet18", "head"))
     kept = KeptWeights(frozenset(n for n, p in model.named_parameters() if p.requires_grad))
     kept.offer(model, 0.5)
