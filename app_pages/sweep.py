@@ -14,11 +14,10 @@ from core.store import ACTIVE, SweepStore
 from core.sweeps import member_configs, plan, stop_sweep, submit_sweep, sweep_state, within_error
 from core.sweeps.timing import achieved_rate, sweep_work
 from ui import charts, services
-from ui.services import get_cluster, get_manager
+from ui.services import get_manager
 from ui.session import dataset_sizes, draft, session_owner, update_draft
 
 manager = get_manager()
-cluster = get_cluster()  # None unless FREEZE_LAB_RAY_ADDRESS names a Ray cluster
 sweeps = SweepStore(manager.store)
 cfg = draft()
 LIVE_EVERY_S = 2.0
@@ -90,13 +89,11 @@ def sweep_form() -> None:
     except ValueError as exc:
         st.error(str(exc), icon=":material/error:")
         return
-    where = (f"side by side on the Ray cluster at `{cluster.address}`, {cluster.gpus_per_member:g} GPU each"
-             if cluster is not None else "one after another on this device")
-    st.markdown(f"**{len(members)} runs** of {cfg.epochs} epochs, {where}. " + time_estimate(sweep, members, model))
+    st.markdown(f"**{len(members)} runs** of {cfg.epochs} epochs, {services.sweep_where()}. "
+                + time_estimate(sweep, members, model))
     if st.button("Start the sweep", type="primary", icon=":material/play_arrow:", key="sweep_start"):
         try:  # on the cluster when one is configured (ClusterError, a ValueError, when it does not answer)
-            runner = cluster.executor() if cluster is not None else manager
-            sweep_id = submit_sweep(runner, sweep, owner=session_owner(), name=name or None)
+            sweep_id = submit_sweep(services.sweep_executor(), sweep, owner=session_owner(), name=name or None)
         except ValueError as exc:
             st.error(str(exc), icon=":material/error:")
         else:
@@ -153,13 +150,9 @@ def apply_answer(report, label: str, lr: float) -> None:
 
 
 def stop_everywhere(record) -> None:
-    """Stop the sweep's members, on this machine's queue and on the cluster (each knows its own)."""
-    stop_sweep(manager, record)
-    if cluster is not None:
-        try:
-            stop_sweep(cluster.executor(), record)
-        except ValueError:
-            pass  # the cluster does not answer: it runs none of them for this app
+    """Stop the sweep's members, wherever they train (each executor knows its own)."""
+    for executor in services.sweep_executors():
+        stop_sweep(executor, record)
 
 
 def live_sweep(sweep_id: str, live: bool) -> None:

@@ -6,10 +6,11 @@
 The base run is given by `RunConfig`'s fields as in ``python -m core.train`` (its frozen set comes
 from each member), the sweep by `SweepConfig`'s (``--kind``, ``--seeds``, ``--lrs 0.01,0.001``,
 ``--stages``, ``--presets head,last2,full``); both generated (`core.cli`). Every member is checked
-before any run is created; members then train one after another in this process, through the same
-`core.jobs.execute` as the app's queue, into the run store (``--runs-dir``); with ``--ray-address``
+before any run is created (`core.sweeps.submit_sweep`, the app's path too); members then train one
+after another in this process (`core.jobs.executor.InlineExecutor`, through the same
+`core.jobs.execute` as the app's queue) into the run store (``--runs-dir``); with ``--ray-address``
 (or ``$FREEZE_LAB_RAY_ADDRESS``) they train side by side on a Ray cluster instead
-(`core.jobs.ray_cluster`), ``--gpus-per-member`` GPUs each, and the JSON is the same. Progress goes to
+(`core.jobs.ray_cluster.RayExecutor`), ``--gpus-per-member`` GPUs each, and the JSON is the same. Progress goes to
 stderr; with ``--json`` stdout carries only the sweep's JSON: ``{"sweep_id", "kind", "members",
 "summary", "recommendation", "pareto_front"}``. Ctrl-C cancels the member in training and those
 not started, and still prints the JSON. Exit status: 0 when every member finished, 1 otherwise.
@@ -59,74 +60,66 @@ def make_sweep(args: argparse.Namespace) -> SweepConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from core.store import FINISHED, RunStore, SweepStore
-    from core.sweeps import checked_members, default_sweep_name, sweep_report
+    from core.sweeps import submit_sweep, sweep_report
 
     store = RunStore(args.runs_dir)
     try:
         sweep = make_sweep(args)
-        members = checked_members(sweep, store)
-        name = " ".join((args.name or "").split()) or default_sweep_name(sweep)
-        if args.ray_address:
-            sweep_id = on_ray(args, store, sweep, members, name)
-        else:
-            sweep_id = here(args, store, sweep, members, name)
-    except (ValueError, RuntimeError) as exc:  # a bad sweep, dataset, checkpoint, device, runs folder or cluster
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {reason}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"sweep_id": None, "status": "failed", "reason": reason}, indent=2))
-        return 1
+        executor = make_executor(args, store)
+    except (ValueError, RuntimeError) as exc:  # a bad sweep, dataset, device, runs folder or cluster
+        return fail(args, exc)
+    try:
+        sweep_id = submit_sweep(executor, sweep, owner="cli", name=args.name)
+        record = SweepStore(store).load(sweep_id)
+        print(f"sweep {sweep_id}: {len(record.run_ids)} runs in {store.root}, {where(args)}", file=sys.stderr, flush=True)
+        train_members(executor, record)
+    except (ValueError, RuntimeError) as exc:  # a member that cannot run: nothing was queued
+        return fail(args, exc)
+    finally:
+        executor.shutdown()  # members it did not train (Ctrl-C) end as cancelled
     record = SweepStore(store).load(sweep_id)
     report = sweep_report(record, {run_id: store.load(run_id) for run_id in record.run_ids})
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else describe(report))
     return 0 if all(m.status == FINISHED for m in report.members) else 1
 
 
-def here(args, store, sweep, members, name) -> str:
-    """Every member in this process, one after another; the sweep's id."""
-    from core.jobs import execute
-    from core.store import CANCELLED, QUEUED
-    from core.sweeps import member_name, record_sweep
+def make_executor(args: argparse.Namespace, store):
+    """Where the members train: a Ray cluster at `--ray-address`, side by side; else this process,
+    one after another (`InlineExecutor`)."""
+    if args.ray_address:
+        from core.jobs.ray_cluster import RayExecutor
 
-    device = parse_device(args.device) if args.device else pick_device()
-    created = [(m, c, store.create(c, name=member_name(name, m), owner="cli")) for m, c in members]
-    sweep_id = record_sweep(store, sweep, created, name=name, owner="cli")
-    print(f"sweep {sweep_id}: {len(created)} runs in {store.root} on {describe_device(device)}", file=sys.stderr)
+        return RayExecutor(store, args.ray_address, gpus_per_member=args.gpus_per_member)
+    from core.jobs.executor import InlineExecutor
+
+    return InlineExecutor(store, parse_device(args.device) if args.device else pick_device())
+
+
+def where(args: argparse.Namespace) -> str:
+    if args.ray_address:
+        return f"on Ray at {args.ray_address}"
+    return f"on {describe_device(parse_device(args.device) if args.device else pick_device())}"
+
+
+def train_members(executor, record) -> None:
+    """Wait for every member in the plan's order (an inline executor trains each in its wait); Ctrl-C
+    cancels the member in training and those not started."""
     try:
-        for i, (member, _, run_id) in enumerate(created, 1):
-            print(f"[{i}/{len(created)}] {member.label} · seed {member.seed} (run {run_id})", file=sys.stderr, flush=True)
-            outcome = execute(store, run_id, device=device)
-            print(f"[{i}/{len(created)}] {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""),
+        for i, (entry, run_id) in enumerate(zip(record.members, record.run_ids), 1):
+            print(f"[{i}/{len(record.run_ids)}] {entry['label']} · seed {entry['seed']} (run {run_id})",
                   file=sys.stderr, flush=True)
-    except KeyboardInterrupt:  # the member in training is recorded as cancelled by execute; the rest never start
-        for _, _, run_id in created:
-            if store.load(run_id).status == QUEUED:
-                store.set_status(run_id, CANCELLED, "the sweep was stopped from the keyboard")
-    return sweep_id
-
-
-def on_ray(args, store, sweep, members, name) -> str:
-    """Every member as a Ray task on the cluster at `--ray-address`, side by side; the sweep's id."""
-    from core.jobs.ray_cluster import RayExecutor, cluster_info
-    from core.sweeps import member_name, record_sweep
-
-    executor = RayExecutor(store, args.ray_address, gpus_per_member=args.gpus_per_member)
-    info = cluster_info(args.ray_address)
-    created = []
-    try:
-        created += [(m, c, executor.submit(c, owner="cli", name=member_name(name, m))) for m, c in members]
-        sweep_id = record_sweep(store, sweep, created, name=name, owner="cli")
-        print(f"sweep {sweep_id}: {len(created)} runs on Ray at {args.ray_address} ({info.nodes} nodes, "
-              f"{info.cpus:g} CPUs, {info.gpus:g} GPUs)", file=sys.stderr, flush=True)
-        for member, _, run_id in created:
-            status = executor.wait(run_id)
-            print(f"{member.label} · seed {member.seed}: {status}", file=sys.stderr, flush=True)
+            print(f"[{i}/{len(record.run_ids)}] {executor.wait(run_id)}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        for _, _, run_id in created:
+        for run_id in record.run_ids:
             executor.cancel(run_id)
-    finally:
-        executor.shutdown()
-    return sweep_id
+
+
+def fail(args: argparse.Namespace, exc: Exception) -> int:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(f"error: {reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"sweep_id": None, "status": "failed", "reason": reason}, indent=2))
+    return 1
 
 
 def describe(report) -> str:

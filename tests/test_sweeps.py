@@ -19,6 +19,8 @@ from core.engine import RunCancelled, TrainResult
 from core.estimate import cost_profile
 from core.freezing import norm_paths
 from core.jobs import JobManager
+from core.jobs.executor import Executor, InlineExecutor
+from core.jobs.ray_cluster import RayExecutor
 from core.models import build_skeleton
 from core.store import CANCELLED, FINISHED, INTERRUPTED, RunStore, SweepStore
 from core.summary import RunSummary
@@ -284,6 +286,24 @@ def test_while_a_sweep_runs_its_answer_says_so_far_and_the_time_left(store):
     finally:
         gate.set()
         manager.shutdown(wait=True, timeout=TIMEOUT)
+
+
+def test_every_executor_implements_the_protocol_and_an_inline_one_trains_when_waited_for(store):
+    assert all(hasattr(cls, m) for cls in (JobManager, RayExecutor, InlineExecutor)
+               for m in ("submit", "cancel", "wait", "shutdown"))
+    manager = JobManager(store, train_fn=Engine(), device=torch.device("cpu"))
+    assert isinstance(manager, Executor)
+    manager.shutdown(wait=True, timeout=TIMEOUT)
+    executor = InlineExecutor(store, torch.device("cpu"), train_fn=Engine())
+    assert isinstance(executor, Executor)
+    record = SweepStore(store).load(submit_sweep(executor, SweepConfig(base=BASE, kind="depth", stages=("layer4",))))
+    assert {store.load(r).status for r in record.run_ids} == {"queued"}  # recorded before the first trains
+    assert executor.cancel(record.run_ids[1]) and not executor.cancel(record.run_ids[1])
+    assert executor.wait(record.run_ids[0]) == FINISHED and store.load(record.run_ids[2]).status == "queued"
+    executor.shutdown()  # what it never trained ends as cancelled
+    assert [store.load(r).status for r in record.run_ids] == [FINISHED, CANCELLED, CANCELLED]
+    with pytest.raises(ValueError, match="shut down"):
+        executor.submit(BASE)
 
 
 def test_a_sweep_that_cannot_run_queues_nothing(store):

@@ -19,6 +19,7 @@ from core.analysis.inference import Classifier, load_imagenet_model, load_run_mo
 from core.config import data_dir
 from core.estimate import CostProfile, cost_profile
 from core.jobs import JobManager
+from core.jobs.executor import Executor
 from core.jobs.probes import SignalProbes
 from core.jobs.ray_cluster import ADDRESS_ENV, GPUS_ENV, ClusterLink
 from core.models import build_skeleton, checkpoint_report
@@ -44,6 +45,31 @@ def get_cluster() -> ClusterLink | None:
     if not address:
         return None
     return ClusterLink(get_manager().store, address, float(os.environ.get(GPUS_ENV, "1")))
+
+
+def sweep_executor() -> Executor:
+    """Where a new sweep's members train: the Ray cluster when one is configured, else this server's
+    queue. `ValueError` (`ClusterError`) while the cluster cannot be reached."""
+    cluster = get_cluster()
+    return cluster.executor() if cluster is not None else get_manager()
+
+
+def sweep_where() -> str:
+    """Where `sweep_executor` trains, in words for the page."""
+    cluster = get_cluster()
+    if cluster is None:
+        return "one after another on this device"
+    return f"side by side on the Ray cluster at `{cluster.address}`, {cluster.gpus_per_member:g} GPU each"
+
+
+def sweep_executors() -> list[Executor]:
+    """Every executor a sweep of this server may have members on (the queue, and the cluster once
+    joined), for stopping one: each cancels only the runs it holds."""
+    cluster = get_cluster()
+    try:
+        return [get_manager()] + ([cluster.executor()] if cluster is not None else [])
+    except ValueError:  # the cluster does not answer: it runs none of them for this app
+        return [get_manager()]
 
 
 @st.cache_resource(on_release=SignalProbes.close)

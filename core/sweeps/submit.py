@@ -1,4 +1,4 @@
-"""A sweep handed to the job queue: every member checked, then queued as an ordinary run, then recorded.
+"""A sweep handed to an executor: every member checked, then submitted as an ordinary run, then recorded.
 
 All or nothing before anything is queued: every member's config passes `check_runnable` first, so a
 sweep that cannot run starts nothing. Members then train one at a time on the device, in the plan's
@@ -9,7 +9,8 @@ that have not ended (queued ones never start; the running one stops within a bat
 from __future__ import annotations
 
 from core.config import RunConfig, SweepConfig
-from core.jobs import JobManager, check_runnable
+from core.jobs import check_runnable
+from core.jobs.executor import Executor
 from core.store import RunStore, SweepRecord, SweepStore
 from core.sweeps.plan import Member, member_configs, plan
 from core.sweeps.report import SweepReport, sweep_report
@@ -42,13 +43,15 @@ def member_name(sweep_name: str, member: Member) -> str:
     return f"{sweep_name} · {member.label} · seed {member.seed}"
 
 
-def submit_sweep(manager: JobManager, sweep: SweepConfig, *, owner: str = "", name: str | None = None) -> str:
-    """Plan, check and queue every member, then record the sweep; returns its id. `ValueError` for the
-    user (a bad sweep, or a member that could not run) before anything is queued."""
-    members = checked_members(sweep, manager.store)
+def submit_sweep(executor: Executor, sweep: SweepConfig, *, owner: str = "", name: str | None = None) -> str:
+    """Plan, check and submit every member to `executor` (the app's queue, a Ray cluster, or this
+    process), then record the sweep; returns its id. `ValueError` for the user (a bad sweep, or a
+    member that could not run) before anything is submitted. The one way a sweep starts: the Sweep
+    page and both command-line paths call it."""
+    members = checked_members(sweep, executor.store)
     name = " ".join((name or "").split()) or default_sweep_name(sweep)
-    queued = [(m, c, manager.submit(c, owner=owner, name=member_name(name, m))) for m, c in members]
-    return record_sweep(manager.store, sweep, queued, name=name, owner=owner)
+    queued = [(m, c, executor.submit(c, owner=owner, name=member_name(name, m))) for m, c in members]
+    return record_sweep(executor.store, sweep, queued, name=name, owner=owner)
 
 
 def sweep_state(store: RunStore, record: SweepRecord) -> SweepReport:
@@ -62,6 +65,6 @@ def sweep_state(store: RunStore, record: SweepRecord) -> SweepReport:
     return sweep_report(record, runs)
 
 
-def stop_sweep(manager: JobManager, record: SweepRecord) -> int:
+def stop_sweep(executor: Executor, record: SweepRecord) -> int:
     """Cancel every member that has not ended; returns how many were asked to stop."""
-    return sum(bool(manager.cancel(run_id)) for run_id in record.run_ids)
+    return sum(bool(executor.cancel(run_id)) for run_id in record.run_ids)
