@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.devices import describe_device
 from core.jobs.ray_cluster import ClusterError
-from ui.services import get_cluster, get_manager
+from ui.services import cluster_setting_problem, get_cluster, get_manager
 from ui.session import keep_tab_in_url
 
 st.set_page_config(page_title="Freeze Lab", page_icon=":material/ac_unit:", layout="wide")
@@ -32,6 +32,9 @@ with st.sidebar:
                     help="One core is left to this web server and its viewers; set FREEZE_LAB_TRAIN_THREADS to change it.")
     else:
         st.markdown(f"**Compute device**  \n{describe_device(manager.device)}")
+    if problem := cluster_setting_problem():
+        st.error(f"**Ray cluster setting**  \n{problem} Sweeps run on this machine until it is fixed.",
+                 icon=":material/cloud_off:")
     if (cluster := get_cluster()) is not None:
         try:
             info = cluster.info()

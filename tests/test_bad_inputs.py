@@ -37,10 +37,12 @@ from streamlit.testing.v1 import AppTest
 from core import data
 from core.config import MAX_SEED, RunConfig
 from core.data import folders, zips
+from core.jobs.ray_cluster import ClusterError, ClusterSettings, read_settings
 from core.models import CheckpointError, build_model
 from core.store import RunStore, StoreError
+from core.sweep import main as sweep_main
 from core.train import main as cli_main
-from ui.services import get_manager
+from ui.services import get_cluster, get_manager
 
 PAGES = Path(__file__).resolve().parents[1] / "app_pages"
 MB = 1024**2
@@ -1163,3 +1165,52 @@ def test_a_runs_folder_that_cannot_be_written_is_a_message_on_the_train_page(tmp
     finally:
         get_manager().shutdown(wait=True, timeout=30)
         get_manager.clear()
+
+
+# --- round three: cluster settings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address, gpus, message", [
+    ("127.0.0.1:²", "1", "is not a Ray address"),  # a digit isdigit accepts and int refuses
+    ("h" * 300 + ":6379", "1", "is not a Ray address"),  # longer than any host name
+    ("10.0.0.1:99999", "1", "is not a Ray address"),
+    ("local", "abc", "FREEZE_LAB_RAY_GPUS_PER_MEMBER must be a share of one GPU"),
+    ("local", "nan", "FREEZE_LAB_RAY_GPUS_PER_MEMBER must be"),
+    ("local", "-1", "FREEZE_LAB_RAY_GPUS_PER_MEMBER must be"),
+    ("local", "inf", "FREEZE_LAB_RAY_GPUS_PER_MEMBER must be"),
+    ("local", "1.5", "FREEZE_LAB_RAY_GPUS_PER_MEMBER must be"),
+])
+def test_a_malformed_cluster_setting_is_one_message_read_once(address, gpus, message):
+    env = {"FREEZE_LAB_RAY_ADDRESS": address, "FREEZE_LAB_RAY_GPUS_PER_MEMBER": gpus}
+    with pytest.raises(ClusterError, match=re.escape(message)):
+        read_settings(env)
+
+
+def test_good_cluster_settings_are_read_into_a_typed_value():
+    assert read_settings({}) is None and read_settings({"FREEZE_LAB_RAY_ADDRESS": "  "}) is None
+    assert read_settings({"FREEZE_LAB_RAY_ADDRESS": "ray://head:10001", "FREEZE_LAB_RAY_GPUS_PER_MEMBER": "0.5"}) == \
+        ClusterSettings("ray://head:10001", 0.5)
+    assert read_settings({"FREEZE_LAB_RAY_ADDRESS": "auto"}) == ClusterSettings("auto", 1.0)
+
+
+def test_a_malformed_cluster_setting_leaves_every_page_working(monkeypatch):
+    monkeypatch.setenv("FREEZE_LAB_RAY_ADDRESS", "127.0.0.1:²")
+    get_cluster.clear()
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+        assert not at.exception
+        assert any("Ray cluster setting" in e.value and "is not a Ray address" in e.value for e in at.sidebar.error)
+        assert any("What trains" in h.value for h in at.subheader)  # the Model page drew below it
+        assert get_cluster() is None  # sweeps stay on this machine
+    finally:
+        get_cluster.clear()
+        get_manager().shutdown(wait=True, timeout=30)
+        get_manager.clear()
+
+
+def test_the_command_line_refuses_a_gpu_share_of_inf_before_joining_anything(tmp_path, capsys):
+    args = ["--kind", "grid", "--presets", "head", "--dataset", "demo-target:10", "--runs-dir", str(tmp_path / "runs"),
+            "--ray-address", "local", "--gpus-per-member", "inf", "--json"]
+    assert sweep_main(args) == 1
+    assert "--gpus-per-member must be a share of one GPU" in json.loads(capsys.readouterr().out)["reason"]
+    assert RunStore(tmp_path / "runs").list() == []

@@ -21,7 +21,7 @@ from core.estimate import CostProfile, cost_profile
 from core.jobs import JobManager
 from core.jobs.executor import Executor
 from core.jobs.probes import SignalProbes
-from core.jobs.ray_cluster import ADDRESS_ENV, GPUS_ENV, ClusterLink
+from core.jobs.ray_cluster import ClusterError, ClusterLink, read_settings
 from core.models import build_skeleton, checkpoint_report
 from core.store import RunStore, run_state_dict
 
@@ -40,11 +40,22 @@ def get_manager() -> JobManager:
 
 @st.cache_resource(on_release=lambda link: link and link.close())
 def get_cluster() -> ClusterLink | None:
-    """The Ray cluster sweeps run on, when `FREEZE_LAB_RAY_ADDRESS` names one (joined on first use)."""
-    address = os.environ.get(ADDRESS_ENV, "").strip()
-    if not address:
+    """The Ray cluster sweeps run on, when `FREEZE_LAB_RAY_ADDRESS` names one (joined on first use);
+    None too when the settings are malformed (`cluster_setting_problem` says why)."""
+    try:
+        settings = read_settings(os.environ)
+    except ClusterError:
         return None
-    return ClusterLink(get_manager().store, address, float(os.environ.get(GPUS_ENV, "1")))
+    return settings and ClusterLink(get_manager().store, settings.address, settings.gpus_per_member)
+
+
+def cluster_setting_problem() -> str | None:
+    """Why the cluster settings cannot be used, for the sidebar; None when they can (or are not set)."""
+    try:
+        read_settings(os.environ)
+    except ClusterError as exc:
+        return str(exc)
+    return None
 
 
 def sweep_executor() -> Executor:

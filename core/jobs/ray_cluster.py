@@ -112,6 +112,50 @@ def connect(address: str, *, num_cpus: int | None = None) -> None:
         raise ClusterError(f"Cannot reach the Ray cluster at {address!r}: {first}")
 
 
+MAX_HOST = 253  # the longest DNS name
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The cluster the app is told to use: its address and the GPUs each member asks for."""
+
+    address: str
+    gpus_per_member: float = 1.0
+
+
+def read_settings(environ) -> ClusterSettings | None:
+    """`ADDRESS_ENV` and `GPUS_ENV` read once into a checked value, None when no address is set;
+    `ClusterError` naming the setting for a malformed one (the sidebar shows it, every page works)."""
+    address = environ.get(ADDRESS_ENV, "").strip()
+    if not address:
+        return None
+    check_address(address)
+    return ClusterSettings(address, checked_gpus(environ.get(GPUS_ENV, "1"), GPUS_ENV))
+
+
+def check_address(address: str) -> None:
+    """`ClusterError` unless `address` is auto, local, or [ray://]host:port with a plain port."""
+    if address in ("auto", LOCAL):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and len(host) <= MAX_HOST and host.isascii() and port.isascii() and port.isdigit()
+            and 0 < int(port) < 65536):
+        raise ClusterError(f"{address[:80]!r} is not a Ray address: use auto, host:port, ray://host:port or local.")
+
+
+def checked_gpus(value, name: str = "--gpus-per-member") -> float:
+    """GPUs per member as Ray takes them: a share of one GPU (0 < g ≤ 1) or a whole number up to 64;
+    `ClusterError` naming `name` otherwise (text, nan, inf, a negative or 1.5)."""
+    try:
+        gpus = float(value)
+    except (TypeError, ValueError):
+        gpus = float("nan")
+    if not (0 < gpus <= 1 or (gpus.is_integer() and 1 <= gpus <= 64)):
+        raise ClusterError(f"{name} must be a share of one GPU (0.5) or a whole number of GPUs up to 64, "
+                           f"got {str(value)[:40]!r}.")
+    return gpus
+
+
 def check_reachable(address: str, timeout: float = 3.0) -> None:
     """`ClusterError` unless something answers at `address`'s host and port (``"auto"``: the cluster
     `ray start` recorded on this machine, as Ray finds it)."""
@@ -123,12 +167,11 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
             raise ClusterError("No Ray cluster runs on this machine (start one with `ray start --head`), and "
                                "RAY_ADDRESS is not set.")
         target = target.removeprefix("ray://")
+    check_address(target)
     host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ClusterError(f"{address!r} is not a Ray address: use auto, host:port, ray://host:port or local.")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA refuses
         raise ClusterError(f"Cannot reach the Ray cluster at {address!r}: nothing answers at {host}:{port} "
                            f"({exc.strerror or exc}).") from None
 
@@ -243,6 +286,7 @@ class RayExecutor:
 
     def __init__(self, store: RunStore, address: str, *, gpus_per_member: float = 1.0, cpus_per_member: int = 1,
                  local_cpus: int | None = None) -> None:
+        gpus_per_member = checked_gpus(gpus_per_member)  # before joining: a bad value starts nothing
         connect(address, num_cpus=local_cpus)
         ray = _ray()
         self.store, self.address = store, address
