@@ -76,7 +76,7 @@ def sweep_form() -> None:
                         help=f"Each strategy trains at {', '.join(f'{r:g}' for r in around)} (around the draft's "
                              f"{cfg.lr:g}) and is reported at the rate its validation accuracy chose: strategies "
                              "do not share a best rate (Lee et al. tune it per strategy). Three times the runs.")
-    rates = right.text_input("Learning rates", f"{cfg.lr:g}", key="sweep_lrs", disabled=tune,
+    rates = right.text_input("Learning rates", f"{cfg.lr:g}", key="sweep_lrs", disabled=tune, max_chars=200,
                              help="Comma-separated, e.g. 0.01, 0.001. Each strategy is reported at the one its "
                                   "validation accuracy chose.")
     name = right.text_input("Sweep name", key="sweep_name", placeholder="optional")

@@ -176,7 +176,13 @@ class SweepConfig:
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 20:
             problems.append(f"seeds must be 1-20, got {self.seeds!r}")
         if any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 10 for lr in self.lrs):
-            problems.append(f"learning rates must be in (0, 10], got {list(self.lrs)}")
+            problems.append(f"learning rates must be in (0, 10], got {list(self.lrs)[:10]}")
+        for name, values in (("learning rate", self.lrs), ("strategy", self.presets), ("stage", self.stages)):
+            if twice := _first_repeat(values):
+                problems.append(f"the {name} {twice!r} is listed twice: each trains once (a copy is not a seed)")
+        if not problems and len(self.lrs) * self.seeds * max(1, len(self.presets)) > MAX_SWEEP_MEMBERS:
+            problems.append(f"this sweep would train at least {len(self.lrs) * self.seeds * max(1, len(self.presets))} "
+                            f"runs; the limit is {MAX_SWEEP_MEMBERS}. Use fewer rates, seeds or strategies.")
         if self.kind == "grid" and not self.presets:
             problems.append("a grid sweep needs at least one preset (e.g. head, last2, full)")
         if not isinstance(self.with_auto_rgn, bool):
@@ -218,6 +224,16 @@ def changed_fields(before: RunConfig, after: RunConfig) -> dict[str, tuple]:
     """{field: (before, after)} for every field whose value differs, in the dataclass's order."""
     return {f.name: (getattr(before, f.name), getattr(after, f.name)) for f in dataclasses.fields(before)
             if getattr(before, f.name) != getattr(after, f.name)}
+
+
+def _first_repeat(values):
+    """The first value that appears a second time in `values` (None when each appears once)."""
+    seen = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
 
 
 def _jsonable(value):

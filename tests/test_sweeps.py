@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,6 +95,13 @@ def test_auto_rgn_is_a_strategy_of_every_kind():
     assert [(m.label, m.strategy.auto_rgn) for m in grid] == [("head", False), ("auto-rgn", True)]
 
 
+def test_ten_thousand_pasted_rates_are_refused_before_any_member_is_built():
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="at least 10000 runs; the limit is 200"):
+        plan(SweepConfig(base=BASE, kind="surgical", lrs=tuple(1e-4 * (i + 1) for i in range(10_000))))
+    assert time.perf_counter() - started < 0.5
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"kind": "surgical", "stages": ("layer9",)}, "has no stage 'layer9'"),
     ({"kind": "grid", "presets": ("full",), "with_auto_rgn": True}, "lists auto-rgn among its presets"),
@@ -104,6 +112,9 @@ def test_auto_rgn_is_a_strategy_of_every_kind():
     ({"kind": "surgical", "lrs": (0.0,)}, "learning rates must be in (0, 10]"),
     ({"kind": "grid", "presets": ("full",), "lrs": tuple(0.001 * (i + 1) for i in range(11)), "seeds": 20},
      f"the limit is {MAX_SWEEP_MEMBERS}"),
+    ({"kind": "surgical", "lrs": (0.01, 0.03, 0.01)}, "the learning rate 0.01 is listed twice"),
+    ({"kind": "grid", "presets": ("head", "full", "head")}, "the strategy 'head' is listed twice"),
+    ({"kind": "surgical", "stages": ("layer1", "layer1")}, "the stage 'layer1' is listed twice"),
 ])
 def test_a_sweep_that_cannot_be_planned_says_why(changes, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
