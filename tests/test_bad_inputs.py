@@ -39,7 +39,7 @@ from core.config import MAX_SEED, RunConfig
 from core.data import folders, zips
 from core.jobs.ray_cluster import ClusterError, ClusterSettings, read_settings
 from core.models import CheckpointError, build_model
-from core.store import RunStore, StoreError
+from core.store import RunStore, StoreError, run_state_dict
 from core.sweep import main as sweep_main
 from core.train import main as cli_main
 from ui.services import get_cluster, get_manager
@@ -957,6 +957,20 @@ def test_a_damaged_weights_file_of_a_finished_run_is_a_message_on_classify(tmp_p
     at.file_uploader(key="classify_files").set_value([("fine.png", png(), "image/png")]).run()
     assert not at.exception
     assert any("The weights file of run" in e and "is damaged" in e for e in errors(at)), errors(at)
+
+
+def test_weights_that_do_not_fit_the_runs_configuration_are_a_message_on_classify(tmp_path, manager):
+    """A run folder whose weights.pt holds a head of another size (a folder copied over another run's)."""
+    store = manager.store
+    run_id = store.create(RunConfig(num_classes=4))
+    store.set_status(run_id, "finished")
+    torch.save({"fc.weight": torch.zeros(7, 512), "fc.bias": torch.zeros(7)}, store.root / run_id / "weights.pt")
+    with pytest.raises(CheckpointError, match="does not fit its configuration .*size mismatch for fc.weight"):
+        run_state_dict(run_id, "resnet18", runs_dir=store.root)
+    at = AppTest.from_file(str(PAGES / "classify.py"), default_timeout=60).run()
+    at.file_uploader(key="classify_files").set_value([("fine.png", png(), "image/png")]).run()
+    assert not at.exception
+    assert any("does not fit its configuration" in e for e in errors(at)), errors(at)
 
 
 @pytest.mark.parametrize("content", [b"[1, 2, 3]", b'{"version": 1, "entries": [1]}', b"\x00\xff not json"],

@@ -51,5 +51,10 @@ def run_state_dict(run_id: str, arch: str, *, runs_dir: Path | None = None) -> t
         weights = store.load_weights(run_id)
     except Exception as exc:  # a damaged or foreign weights.pt: never run code, never crash the page
         raise CheckpointError(f"The weights file of run {record.name!r} is damaged ({load_error_reason(exc)}).") from None
-    model.load_state_dict(owned_tensors(weights, f"of run {record.name!r}"), strict=False)
+    try:  # strict=False skips missing and unexpected keys, not shapes: a head of another size raises here
+        model.load_state_dict(owned_tensors(weights, f"of run {record.name!r}"), strict=False)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise CheckpointError(f"The weights file of run {record.name!r} does not fit its configuration "
+                              f"({first.rstrip('.')}).") from None
     return model.state_dict(), f"run {record.name}"
