@@ -168,13 +168,15 @@ def start_run(page: Page, store: RunStore) -> str:
 
 
 def wait_finished(page: Page, run_id: str) -> str:
-    """Wait for the run to finish with a passed freeze audit; return the validation accuracy shown."""
+    """Wait for the run to finish with a passed freeze audit; return the validation accuracy shown (of the
+    weights the run kept) and check that a test accuracy is shown beside it."""
     expect(page.get_by_text(f"id {run_id} · finished")).to_be_visible(timeout=LIVE)
     expect(page.get_by_text("Freeze audit passed")).to_be_visible(timeout=LIVE)
     expect(page.get_by_test_id("stProgress")).to_have_count(0)
-    expect(page.get_by_role("button", name="Stop")).to_have_count(0)
+    expect(page.get_by_role("button", name="Stop", exact=True)).to_have_count(0)
     acc = metric_value(page, "Validation accuracy")
     expect(acc).to_have_text(re.compile(r"^\d{1,3}\.\d%$"))
+    expect(metric_value(page, "Test accuracy")).to_have_text(re.compile(r"^\d{1,3}\.\d%$"))
     return acc.inner_text()
 
 
@@ -332,7 +334,9 @@ def test_main_path(app_server, page, shots, tmp_path):
     expect(points).to_have_count(2 * EPOCHS_FULL)
     record_full = store.load(run_full)
     assert record_full.status == "finished" and len(record_full.metrics["epochs"]) == EPOCHS_FULL
-    assert acc_full == f"{record_full.metrics['epochs'][-1]['val_acc']:.1%}"
+    assert acc_full == f"{record_full.summary.val_acc:.1%}"  # the kept (best) epoch's
+    assert record_full.summary.val_acc == max(e["val_acc"] for e in record_full.metrics["epochs"])
+    expect(metric_value(page, "Test accuracy")).to_have_text(f"{record_full.summary.test_acc:.1%}")
     page.wait_for_timeout(1000)  # let plotly finish drawing the last frame for the screenshot
     snap(page, shots / "10_train_finished.png")
 
@@ -378,7 +382,8 @@ def test_main_path(app_server, page, shots, tmp_path):
     acc_head = wait_finished(page, run_head)
     record_head = store.load(run_head)
     assert record_head.config.preset == "head" and len(record_head.metrics["epochs"]) == EPOCHS_HEAD
-    assert acc_head == f"{record_head.metrics['epochs'][-1]['val_acc']:.1%}"
+    assert acc_head == f"{record_head.summary.val_acc:.1%}"
+    expect(metric_value(page, "Test accuracy")).to_have_text(f"{record_head.summary.test_acc:.1%}")
     frozen_tensors = int(re.search(r"Freeze audit passed: (\d+) frozen tensors",
                                    page.get_by_text("Freeze audit passed").inner_text()).group(1))
     assert frozen_tensors > 0  # head only: the whole trunk is checked bit for bit

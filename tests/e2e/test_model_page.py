@@ -3,6 +3,7 @@
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import wait_idle
+from tests.e2e.test_main_path import metric_value
 
 
 def choose(page, label: str, option: str) -> None:
@@ -53,22 +54,18 @@ def test_vgg19_fc1_fc2_and_resnet50_last2(app_server, page, shots):
     page.screenshot(path=shots / "resnet50_last2.png", full_page=True)
 
 
-def test_the_layer_signals_rank_the_stages_and_train_the_top_two(app_server, page, shots):
+def test_the_layer_signals_are_a_measurement_with_their_meaning_and_choose_nothing(app_server, page, shots):
     page.goto(app_server.url)
     wait_idle(page)
     for label in ("Height", "Width"):
         fill_number(page, label, 32)
+    expect(metric_value(page, "Strategy")).to_have_text("Full fine-tune")
     page.get_by_role("button", name="Measure the layer signals").click()
     expect(page.get_by_text("Relative gradient norm per stage")).to_be_visible(timeout=180_000)
     wait_idle(page)
     overview = page.get_by_test_id("stDataFrame").first
     expect(overview).to_contain_text("RGN")
+    expect(page.get_by_text("It is a measurement, not advice")).to_be_visible()
+    expect(page.get_by_role("button", name="Train the top")).to_have_count(0)  # it points the wrong way on a label shift
+    expect(metric_value(page, "Strategy")).to_have_text("Full fine-tune")  # measuring changed no choice
     page.get_by_role("tabpanel").first.screenshot(path=shots / "rgn_probe.png")
-    apply = page.get_by_role("button", name="Train the top 2 by RGN")
-    names = apply.inner_text().split(": ", 1)[1].removesuffix(" + head").split(", ")
-    apply.click()
-    wait_idle(page)
-    trained = page.get_by_test_id("stExpander").filter(has_text="trains")
-    for stage in names:
-        expect(trained.filter(has_text=f"{stage} —")).to_have_count(1)
-    page.get_by_role("tabpanel").first.screenshot(path=shots / "rgn_top2.png")

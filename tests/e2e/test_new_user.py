@@ -81,7 +81,7 @@ def test_enter_in_run_name_starts_nothing_and_start_starts_one_run(app_server, p
     expect(page.get_by_test_id("stAlert").filter(has_text="This exact run was started")).to_be_visible()
     assert {r.id for r in store.list()} - before == started
     snap(page, shots / "duplicate_refused.png")
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
     wait_idle(page)
 
 

@@ -98,7 +98,7 @@ def test_stopping_the_running_run_lets_the_queued_one_of_another_user_start(app_
     assert_shows_only(bob, b_id, "bravo queued", a_id, "alpha long")
     bob.screenshot(path=shots / "bob_queued_behind_alice.png", full_page=True)
 
-    alice.get_by_role("button", name="Stop").click()
+    alice.get_by_role("button", name="Stop", exact=True).click()
     expect(alice.get_by_text("This run was cancelled.")).to_be_visible(timeout=60_000)
     alice.screenshot(path=shots / "alice_cancelled.png", full_page=True)
 
@@ -125,7 +125,7 @@ def test_stopping_a_queued_run_leaves_the_other_users_running_run(app_server, ne
     open_train_small(alice, app_server)
     a_id = start_run(alice, name="alpha queued", epochs=2)
     expect(alice.get_by_text("Queued: position 1")).to_be_visible()
-    alice.get_by_role("button", name="Stop").click()
+    alice.get_by_role("button", name="Stop", exact=True).click()
     expect(alice.get_by_text("This run was cancelled.")).to_be_visible(timeout=60_000)
     expect(alice.get_by_text("cancelled before it started")).to_be_visible()
     alice.screenshot(path=shots / "alice_cancelled_in_queue.png", full_page=True)
