@@ -36,7 +36,7 @@ def source_of(ref: str) -> str:
 
 
 st.title("Data")
-st.caption("The images the run trains and validates on. Every source becomes a folder with one subfolder per class.")
+st.caption("The images the run trains, validates and is tested on. Every source becomes a folder with one subfolder per class.")
 draft: RunConfig = current_draft()
 root_dir = str(data_dir())
 

@@ -12,7 +12,7 @@ from core.freezing import model_structure, strategy_label
 from core.models import arch_spec, imagenet_available
 from core.store import CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING
 from ui import charts
-from ui.actions import pretrain_demo_backbone
+from ui.actions import backbone_label, pretrain_demo_backbone
 from ui.downloads import run_downloads
 from ui.services import get_manager
 from ui.session import draft, pop_notice, session_owner, update_draft
@@ -60,8 +60,7 @@ if cfg.weights == "imagenet" and not imagenet_available(cfg.arch):
     st.info("ImageNet weights are not cached here and are downloaded when the run starts. Offline? "
             "Pretrain a small backbone on the built-in demo world first, then use its weights.",
             icon=":material/cloud_off:")
-if st.button("Pretrain a demo backbone (ResNet-18, full fine-tune on demo-source, 3 epochs, 64 px)",
-             icon=":material/bolt:", key="train_pretrain_demo"):
+if st.button(backbone_label(manager), icon=":material/bolt:", key="train_pretrain_demo"):
     pretrain_demo_backbone(manager)
     st.rerun()
 if notice := pop_notice():
@@ -208,7 +207,8 @@ def run_figures(snap) -> None:
                        f" validation epoch's weights; the last epoch's was {summary.last_val_acc:.1%}.")
         else:
             row.metric("Validation accuracy", f"{last['val_acc']:.1%}", help="The last epoch's, so far.")
-        row.metric("Train accuracy", f"{last['train_acc']:.1%}")
+        train_acc = summary.train_acc if summary.weights_epoch else last["train_acc"]  # the same epoch as validation
+        row.metric("Train accuracy", f"{train_acc:.1%}")
         row.metric("Images / s", f"{last['images_per_s']:.0f}",
                    help="Training images per second in the last epoch: its training pass only (validation excluded; "
                         "a first epoch also computes the cached features). The run's summary divides all training "

@@ -228,7 +228,16 @@ def test_the_pretrain_shortcut_says_what_it_changed(folder):
     for said in (f"starting weights none → run {backbone}", f"dataset {folder.name} → demo-target", "classes 3 → 4",
                  "strategy Head only → Full fine-tune", "input 32×32 → 64×64"):
         assert said in notice, notice
+    # the shortcut again: the backbone on its way is offered, and no second one is queued
+    assert at.button(key="train_pretrain_demo").label.startswith(f"Use the demo backbone you have (run {backbone}, ")
+    at.button(key="train_pretrain_demo").click().run()
+    assert [r.id for r in get_manager().store.list()] == [backbone]
+    assert any(f"Using the demo backbone you have (run {backbone}" in s.value for s in at.success)
     get_manager().cancel(backbone)
+    get_manager().wait(backbone, timeout=60)
+    at.run()  # a cancelled backbone is not offered: pretraining one costs what the cost model says
+    assert re.fullmatch(r"Pretrain a demo backbone \(ResNet-18, .*; [\d.]+ [GMT]?FLOP of work: minutes on a CPU\)",
+                        at.button(key="train_pretrain_demo").label)
 
 
 def test_a_finished_run_offers_its_downloads_on_the_train_page(folder):

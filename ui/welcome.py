@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.jobs import JobManager
-from ui.actions import pretrain_demo_backbone
+from ui.actions import backbone_time, pretrain_demo_backbone
 from ui.session import forget_dataset_classes, update_draft
 
 
@@ -19,7 +19,7 @@ def first_run_panel(manager: JobManager) -> None:
     with st.container(border=True, key="welcome"):
         st.markdown("#### :material/waving_hand: Start here: transfer learning in three steps, offline")
         st.caption("A built-in demo world stands in for ImageNet: a backbone pretrained on 6 shapes is "
-                   "transferred to 4 new ones. Each step takes seconds to a minute on a laptop CPU.")
+                   "transferred to 4 new ones.")
         one, two, three = st.columns(3)
         with one:
             st.markdown("**1. The data.** 4 new shapes, 80 images each: a small target task.")
@@ -28,7 +28,7 @@ def first_run_panel(manager: JobManager) -> None:
                 forget_dataset_classes()
                 st.switch_page("app_pages/data.py")
         with two:
-            st.markdown("**2. A backbone.** Pretrain ResNet-18 on the 6 source shapes (about a minute).")
+            st.markdown(f"**2. A backbone.** Pretrain ResNet-18 on the 6 source shapes ({backbone_time(manager)}).")
             if st.button("Pretrain the demo backbone", key="welcome_pretrain", icon=":material/bolt:"):
                 pretrain_demo_backbone(manager)
                 st.switch_page("app_pages/train.py")

@@ -6,7 +6,7 @@ two related tasks: a large one to pretrain a backbone on and a small one with
 
 - ``demo-source``: circle, square, triangle, star, cross, ring (1000 per class);
 - ``demo-target``: pentagon, diamond, star4 (a four-pointed star), tshape
-  (80 per class: 64 to train on and 16 to validate on by default);
+  (80 per class: by default 16 held out for test, 13 to validate on and 51 to train on);
 - ``demo-shift`` and ``demo-flip``: the source's six classes under a distribution shift, 80 per
   class (`DESCRIPTIONS`): washed-out images (input level), or permuted labels (output level).
   Which layers a shift asks to fine-tune is what a surgical sweep shows.

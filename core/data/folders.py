@@ -185,9 +185,22 @@ def _stratified_split(
     for label in sorted(per_class):
         paths = sorted(per_class[label])
         rng.shuffle(paths)
-        n = min(max(round(len(paths) * fraction), 1), len(paths) - keep) if len(paths) > keep else 0
+        n = share_count(len(paths), fraction, keep)
         share[label], rest[label] = paths[:n], paths[n:]
     return rest, share
+
+
+def share_count(n: int, fraction: float, keep: int) -> int:
+    """How many of a class's `n` images a stratified share of `fraction` takes (see `_stratified_split`)."""
+    return min(max(round(n * fraction), 1), n - keep) if n > keep else 0
+
+
+def split_sizes(per_class: int, classes: int, val_fraction: float = 0.2, test_fraction: float = 0.2) -> tuple[int, int, int]:
+    """(train, val, test) images of a flat folder of `classes` classes with `per_class` images each,
+    as `load_folder` splits it, without reading it (a demo world's sizes before it is drawn)."""
+    test = share_count(per_class, test_fraction, keep=2)
+    val = share_count(per_class - test, val_fraction, keep=1)
+    return (per_class - test - val) * classes, val * classes, test * classes
 
 
 def _samples(per_class: dict[int, list[Path]]) -> list[Sample]:
