@@ -1,6 +1,7 @@
 """Freeze Lab: the entry point. A router over app_pages/ and a frame (title, sidebar)."""
 
 import os
+from pathlib import Path
 
 import streamlit as st
 
@@ -9,7 +10,9 @@ from core.jobs.ray_cluster import ClusterError
 from ui.services import cluster_setting_problem, get_cluster, get_manager
 from ui.session import keep_tab_in_url
 
-st.set_page_config(page_title="Freeze Lab", page_icon=":material/ac_unit:", layout="wide")
+# The favicon ships with the app: a material icon would be fetched from a font server, which fails offline.
+FAVICON = str(Path(__file__).resolve().parent / "static" / "favicon.png")
+st.set_page_config(page_title="Freeze Lab", page_icon=FAVICON, layout="wide")
 
 PAGES = [
     st.Page("app_pages/model.py", title="Model", icon=":material/account_tree:", default=True),

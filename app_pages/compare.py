@@ -38,7 +38,8 @@ RUN_COLUMNS = {
     "test acc": st.column_config.NumberColumn(format="percent", help="The kept weights on the held-out test split, "
                                               "graded once when the run finished: nothing was chosen with it."),
     "time (s)": st.column_config.NumberColumn(format="%.1f"),
-    "images/s": st.column_config.NumberColumn(format="%.0f"),
+    "images/s": st.column_config.NumberColumn(format="localized", help="Training images over the training passes' "
+                                              "time, for the whole run (the Train page's figure)."),
     "peak memory (MiB)": st.column_config.NumberColumn(
         "peak MiB", format="%.0f", help="Peak memory in MiB: on a GPU the run's tensors (torch.cuda.max_memory_allocated), "
                                "on the CPU the training process's peak resident memory"),

@@ -82,6 +82,12 @@ def set_frozen_choice(frozen, preset: str) -> None:
     st.session_state["tree_version"] = st.session_state.get("tree_version", 0) + 1
 
 
+def batch_words(step_batch: int) -> str:
+    """The batch a training step has: the draft's batch size, or the whole training split when that is smaller."""
+    size = draft().batch_size
+    return f"batch {step_batch}" if step_batch == size else f"batch {step_batch}: the whole training split, under the batch size {size}"
+
+
 def set_bn_eval() -> None:
     update_draft(bn_frozen_eval=st.session_state["model_bn_eval"])
 
@@ -286,7 +292,8 @@ with st.container(horizontal=True, gap="medium"):
     if costs is not None and costs.run is not None:
         st.metric("Peak memory of a run", estimate.human_bytes(costs.run.peak_bytes), f"during {costs.run.peak_moment}",
                   delta_color="off", delta_arrow="off", width="content", help=f"Estimated for "
-                  f"{device.type.upper()}, {costs.precision}, batch {cfg.batch_size}, {costs.run.images:,} images; see the Cost tab.")
+                  f"{device.type.upper()}, {costs.precision}, {batch_words(costs.step.batch_size)}, {costs.run.images:,} images; "
+                  "see the Cost tab.")
     elif costs is not None:
         st.metric("Memory per training step", estimate.human_bytes(costs.step.total_bytes), width="content",
                   help="Pick the dataset on the Data page to see the peak of a whole run.")
@@ -356,7 +363,7 @@ if tab_cost.open:
             ratio = estimate.compare_to_full(costs.step, costs.full_step)
             st.markdown(
                 f"This choice needs **{ratio['compute_pct']:.0f}%** of the compute and **{ratio['memory_pct']:.0f}%** "
-                f"of the memory of full fine-tuning (per training step, batch {cfg.batch_size}, "
+                f"of the memory of full fine-tuning (per training step, {batch_words(costs.step.batch_size)}, "
                 f"{cfg.image_size[0]}×{cfg.image_size[1]}, {cfg.optimizer.upper()}, {costs.precision} on {device.type.upper()})."
             )
             st.dataframe(cost_table(costs.step.to_rows(), costs.full_step.to_rows()), hide_index=True, width="stretch", height="content")

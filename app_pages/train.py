@@ -209,10 +209,11 @@ def run_figures(snap) -> None:
             row.metric("Validation accuracy", f"{last['val_acc']:.1%}", help="The last epoch's, so far.")
         train_acc = summary.train_acc if summary.weights_epoch else last["train_acc"]  # the same epoch as validation
         row.metric("Train accuracy", f"{train_acc:.1%}")
-        row.metric("Images / s", f"{last['images_per_s']:.0f}",
-                   help="Training images per second in the last epoch: its training pass only (validation excluded; "
-                        "a first epoch also computes the cached features). The run's summary divides all training "
-                        "images by all training time.")
+        speed = summary.images_per_s or last["images_per_s"]  # the whole run's once finished, as on Compare
+        row.metric("Images / s", f"{speed:,.0f}",
+                   help="Training images per second: all training images over all training passes' time (validation "
+                        "excluded; a first epoch's feature pass included), the figure Compare shows. While the run "
+                        "trains: its last epoch's.")
         if str(snap.info.get("device", "")).startswith("cuda"):
             row.metric("Peak GPU memory", f"{last['peak_mem_bytes'] / 2**20:.0f} MiB",
                        help="torch.cuda.max_memory_allocated: the run's tensors, what the Model page estimates "

@@ -210,6 +210,14 @@ def test_cost_tab_shows_a_whole_run_once_the_dataset_is_known():
     last = run_table.iloc[-1]
     assert last[""].startswith("Peak for the run (during ") and last["This choice"] == peak
     assert "Decoded images on the device (240)" in list(run_table[""])
+    # a split smaller than the batch: the step's batch is the split, said the same way in the sentence and the table
+    at.session_state["dataset_sizes"] = {"demo-target": (24, 6, 6)}
+    open_tab(at, "Cost")
+    assert any("batch 24: the whole training split, under the batch size 32" in m.value for m in at.markdown)
+    step_table = next(d.value for d in at.dataframe if any("(batch" in str(v) for v in d.value.iloc[:, 0]))
+    assert any("(batch 24," in str(v) for v in step_table.iloc[:, 0])
+    at.session_state["dataset_sizes"] = {"demo-target": (192, 48)}
+    open_tab(at, "Cost")
     assert any("features cached up to `flatten`" in m.value for m in at.markdown)
     # the same figure as core.estimate.run_memory gives for that draft
     expected = run_memory(cost_profile("resnet18", 10, (64, 64)), at.session_state["draft"], train_images=192,

@@ -106,7 +106,7 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             max((e["val_acc"] for e in epochs if "val_acc" in e), default=None),
             "test acc": r.summary.test_acc,
             "time (s)": _time_s(r),
-            "images/s": ips,
+            "images/s": round(ips) if ips else None,  # a whole number of images a second, shown with separators
             "peak memory (MiB)": peak / MiB if peak else None,
         })
     columns = ["id", "run", "date", "status", "arch", "strategy", "trainable params", "val acc", "test acc",

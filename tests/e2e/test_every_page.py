@@ -26,3 +26,17 @@ def test_page_opens_without_exception(app_server, page, path, title, shots):
     expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     page.screenshot(path=shots / f"{path}.png", full_page=True)
+
+
+def test_the_favicon_is_served_by_the_app_itself(app_server, page):
+    """Offline use: the tab's icon comes from this server, not from a font or CDN on the internet."""
+    outside = []
+    page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(app_server.url) else None)
+    page.goto(app_server.url)
+    wait_idle(page)
+    icon = page.locator("link[rel*='icon']").first
+    href = icon.get_attribute("href")
+    assert href and not href.startswith(("http://", "https://")) or href.startswith(app_server.url), href
+    response = page.request.get(href if href.startswith("http") else f"{app_server.url}/{href.lstrip('./')}")
+    assert response.ok and response.headers["content-type"].startswith("image/png")
+    assert outside == [], outside
