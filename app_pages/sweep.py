@@ -141,11 +141,12 @@ def apply_answer(report, label: str, lr: float) -> None:
     """Set the draft to train what `label`'s members trained, at `lr`: its frozen set and preset, or
     Auto-RGN (every layer, norm layers aside)."""
     member = next(m for m in report.members if m.strategy == label)
-    if label == AUTO_RGN:
-        update_draft(frozen=(), preset="full", auto_rgn=True, lr=lr)
+    if label == AUTO_RGN:  # its frozen norm layers in training mode, as its members trained
+        update_draft(frozen=tuple(member.frozen), preset=AUTO_RGN, auto_rgn=True, bn_frozen_eval=False, lr=lr)
     else:
         known = member.preset in presets_for(cfg.arch) or member.preset.startswith("last")
-        update_draft(frozen=tuple(member.frozen), preset=member.preset if known else "custom", auto_rgn=False, lr=lr)
+        update_draft(frozen=tuple(member.frozen), preset=member.preset if known else "custom", auto_rgn=False,
+                     bn_frozen_eval=report.sweep.config.base.bn_frozen_eval, lr=lr)
     st.toast(f"The draft now trains what `{label}` trains, at {lr:g}.", icon=":material/check:")
 
 

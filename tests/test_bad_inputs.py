@@ -1228,3 +1228,33 @@ def test_the_command_line_refuses_a_gpu_share_of_inf_before_joining_anything(tmp
     assert sweep_main(args) == 1
     assert "--gpus-per-member must be a share of one GPU" in json.loads(capsys.readouterr().out)["reason"]
     assert RunStore(tmp_path / "runs").list() == []
+
+
+# --- round three: drafts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", [
+    {"arch": "resnet9000"}, {"frozen": ["layer9"]}, {"lr": "Infinity"}, {"epochs": 1.5},
+], ids=["unknown-arch", "unknown-module", "infinity", "float-epochs"])
+def test_a_saved_draft_that_is_not_usable_is_ignored_and_never_breaks_the_tab(damage, tmp_path):
+    from ui import session
+
+    path = session._path("0123456789ab")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(RunConfig().to_dict() | damage).replace('"Infinity"', "Infinity")
+    path.write_text(text)
+    assert session._load("0123456789ab") is None  # the page then starts from the default draft
+    at = AppTest.from_file(str(PAGES / "model.py"), default_timeout=60)
+    at.query_params["tab"] = "0123456789ab"
+    at.run()
+    assert not at.exception and at.session_state["draft"].arch == "resnet18"
+
+
+def test_a_draft_that_does_not_validate_is_never_saved_over_a_good_one(tmp_path):
+    from ui import session
+
+    good = RunConfig(epochs=7)
+    session._save("0123456789ab", good)
+    session._save("0123456789ab", good.replace(auto_rgn=True))  # Auto-RGN on a stage answer: not a usable draft
+    session._save("0123456789ab", good.replace(frozen=("layer9",)))
+    assert session._load("0123456789ab") == good

@@ -9,6 +9,7 @@ link without ``?tab=``, starts fresh.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -20,6 +21,7 @@ import streamlit as st
 from core.config import RunConfig, data_dir
 from core.data import Dataset
 from core.files import atomic_write
+from core.models import build_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +78,39 @@ def _path(tab: str) -> Path:
 
 
 def _save(tab: str, config: RunConfig) -> None:
+    """Save the draft for a refresh, unless it is not a usable configuration: then the last good one
+    stays on disk (the session keeps the draft, and Start says what is wrong with it)."""
+    try:
+        _check_usable(config)
+    except ValueError as exc:
+        log.info("not saving the draft of tab %s over the last usable one: %s", tab, exc)
+        return
     try:
         atomic_write(_path(tab), config.to_json().encode())
     except OSError as exc:  # a read-only data folder costs only the refresh
         log.warning("could not save the draft of tab %s: %s", tab, exc)
 
 
+def _check_usable(config: RunConfig) -> None:
+    """`ValueError` unless `config` validates, names a known architecture and freezes modules it has."""
+    config.validate()
+    names = _module_names(config.arch, config.num_classes)  # ValueError for an unknown architecture
+    if unknown := [p for p in config.frozen if p not in names]:
+        raise ValueError(f"no module {unknown[0]!r} to freeze")
+
+
+@functools.lru_cache(maxsize=32)
+def _module_names(arch: str, num_classes: int) -> frozenset[str]:
+    """The module paths of an architecture (`ValueError` for an unknown one), built once on the meta device."""
+    return frozenset(name for name, _ in build_skeleton(arch, num_classes).named_modules())
+
+
 def _load(tab: str) -> RunConfig | None:
-    """The saved draft of `tab`, or None when there is none or it is not a valid configuration."""
+    """The saved draft of `tab`, or None when there is none or it is not a usable configuration (a file
+    edited or damaged by hand: an unknown architecture or module, `Infinity`, a wrong type)."""
     try:
         config = RunConfig.from_json(_path(tab).read_text(encoding="utf-8"))
-        config.validate()
+        _check_usable(config)
         return config
     except FileNotFoundError:
         return None
