@@ -1258,3 +1258,42 @@ def test_a_draft_that_does_not_validate_is_never_saved_over_a_good_one(tmp_path)
     session._save("0123456789ab", good.replace(auto_rgn=True))  # Auto-RGN on a stage answer: not a usable draft
     session._save("0123456789ab", good.replace(frozen=("layer9",)))
     assert session._load("0123456789ab") == good
+
+
+# --- round three: sweep records ---------------------------------------------------------------------------
+
+
+GOOD_MEMBER = {"label": "head", "strategy": "head", "preset": "head", "frozen": ["conv1"], "lr": 0.01, "seed": 0,
+               "run_id": "20261207-120000-abcd"}
+
+
+@pytest.mark.parametrize("members", [
+    [], [{k: v for k, v in GOOD_MEMBER.items() if k != "label"}], [GOOD_MEMBER | {"run_id": ["x"]}],
+    [GOOD_MEMBER | {"frozen": [3]}], [GOOD_MEMBER | {"seed": True}], "head", [GOOD_MEMBER] * 201,
+], ids=["empty", "no-label", "list-run-id", "numeric-frozen", "bool-seed", "not-a-list", "too-many"])
+def test_a_malformed_sweep_record_is_skipped_and_never_breaks_the_sweep_page(members, manager):
+    from core.config import SweepConfig
+    from core.store import SweepStore
+
+    sweeps = SweepStore(manager.store)  # the store the page reads
+    good = sweeps.create(SweepConfig(), [GOOD_MEMBER], name="good", owner="x")
+    bad = sweeps.create(SweepConfig(), [GOOD_MEMBER], name="bad", owner="x")
+    record = json.loads(sweeps.path(bad).read_text())
+    sweeps.path(bad).write_text(json.dumps(record | {"members": members}))
+    with pytest.raises(KeyError, match="unreadable sweep record"):
+        sweeps.load(bad)
+    assert [r.id for r in sweeps.list()] == [good]
+    at = AppTest.from_file(str(PAGES / "sweep.py"), default_timeout=60).run()
+    assert not at.exception and at.selectbox(key="sweep_shown").options == [f"good ({good})"]
+
+
+def test_a_sweep_record_larger_than_any_sweep_writes_is_not_read(tmp_path):
+    from core.config import SweepConfig
+    from core.store import SweepStore
+
+    sweeps = SweepStore(RunStore(tmp_path / "runs"))
+    big = sweeps.create(SweepConfig(), [GOOD_MEMBER], name="big")
+    record = json.loads(sweeps.path(big).read_text())
+    sweeps.path(big).write_text(json.dumps(record | {"padding": "x" * (2 << 20)}))  # a 2 MiB record
+    with pytest.raises(KeyError, match="larger than 1,048,576 bytes"):
+        sweeps.load(big)

@@ -12,11 +12,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import SweepConfig
+from core.config import MAX_SWEEP_MEMBERS, SweepConfig
 from core.files import write_json
 from core.store.runs import RunStore, new_id, now_iso, valid_id
 
 SWEEPS_DIR = ".sweeps"
+MAX_RECORD_BYTES = 1 << 20  # 200 members take about 60 KB: a larger file was never written by `create`
+_MEMBER_KINDS = {"label": str, "preset": str, "frozen": list, "lr": (int, float), "seed": int, "run_id": str}
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,19 @@ class SweepRecord:
     @property
     def run_ids(self) -> list[str]:
         return [m["run_id"] for m in self.members]
+
+
+def checked_members(raw) -> list[dict]:
+    """A record's members as `create` writes them, else `ValueError` naming what is wrong: a list of 1 to
+    `MAX_SWEEP_MEMBERS` dicts, each with its fields of the right kind (frozen paths strings, a valid run id)."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_SWEEP_MEMBERS:
+        raise ValueError(f"members must be a list of 1 to {MAX_SWEEP_MEMBERS} runs")
+    for i, member in enumerate(raw):
+        bad = [k for k, kind in _MEMBER_KINDS.items() if not isinstance(member, dict) or not isinstance(member.get(k), kind)
+               or isinstance(member.get(k), bool)]
+        if bad or not valid_id(member["run_id"]) or not all(isinstance(p, str) for p in member["frozen"]):
+            raise ValueError(f"member {i} is malformed ({', '.join(bad) or 'run_id or frozen'})")
+    return [dict(m) for m in raw]
 
 
 class SweepStore:
@@ -54,10 +69,13 @@ class SweepStore:
         if not valid_id(sweep_id):
             raise KeyError(sweep_id)
         try:
+            if self.path(sweep_id).stat().st_size > MAX_RECORD_BYTES:
+                raise ValueError(f"larger than {MAX_RECORD_BYTES:,} bytes, which no sweep of at most "
+                                 f"{MAX_SWEEP_MEMBERS} members writes")
             meta = json.loads(self.path(sweep_id).read_text(encoding="utf-8"))
             return SweepRecord(meta["id"], str(meta["name"]), str(meta.get("owner") or ""), str(meta["created"]),
-                               SweepConfig.from_dict(meta["config"]), [dict(m) for m in meta["members"]])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                               SweepConfig.from_dict(meta["config"]), checked_members(meta["members"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KeyError(f"{sweep_id}: unreadable sweep record ({exc})") from None
 
     def list(self) -> list[SweepRecord]:
