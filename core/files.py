@@ -91,8 +91,10 @@ def save_tensor(path: Path, tensor: torch.Tensor, *, budget: int = CACHE_BUDGET_
     return True
 
 
-def load_tensor(path: Path, *, shape: tuple[int, ...] | None = None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
-    """The tensor stored at `path` (memory-mapped), or None when it is missing, damaged or not as expected."""
+def load_tensor(path: Path, *, shape: tuple[int, ...] | None = None,
+                dtype: torch.dtype | tuple[torch.dtype, ...] | None = None, finite: bool = False) -> torch.Tensor | None:
+    """The tensor stored at `path` (memory-mapped), or None when it is missing, damaged or not as
+    expected: another shape, a dtype not among `dtype`, or (with `finite`) a NaN or an infinity."""
     try:
         x = torch.load(path, weights_only=True, mmap=True)
     except FileNotFoundError:
@@ -101,7 +103,9 @@ def load_tensor(path: Path, *, shape: tuple[int, ...] | None = None, dtype: torc
         return None
     if not isinstance(x, torch.Tensor) or (shape is not None and tuple(x.shape) != tuple(shape)):
         return None
-    if dtype is not None and x.dtype != dtype:
+    if dtype is not None and x.dtype not in (dtype if isinstance(dtype, tuple) else (dtype,)):
+        return None
+    if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         return None
     try:
         os.utime(path)  # most recently used

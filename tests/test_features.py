@@ -204,6 +204,19 @@ def test_a_damaged_feature_file_is_recomputed_not_trusted(folder, tmp_path):
     assert again_monitor.losses == first_monitor.losses
 
 
+@pytest.mark.parametrize("spoil", [lambda x: x.double(), lambda x: x.half(), lambda x: x.index_fill(0, torch.tensor([0]), float("nan")),
+                                   lambda x: x.index_fill(0, torch.tensor([1]), float("inf"))],
+                         ids=["float64", "float16", "nan", "inf"])
+def test_a_feature_file_of_the_right_shape_but_another_dtype_or_not_finite_is_recomputed(folder, tmp_path, spoil):
+    """It failed every later run on that data and prefix until deleted by hand."""
+    first, first_monitor = run(config_for(folder, "head"), tmp_path)
+    for path in stored(tmp_path):
+        torch.save(spoil(torch.load(path, weights_only=True)).contiguous(), path)
+    again, again_monitor = run(config_for(folder, "head"), tmp_path)
+    assert again.summary.feature_cache["source"] == "computed"
+    assert again_monitor.losses == first_monitor.losses and again.summary.val_acc == first.summary.val_acc
+
+
 def test_prune_evicts_least_recently_used_first(tmp_path):
     sizes = {}
     for i in range(4):

@@ -72,9 +72,11 @@ def feature_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / f"features-{key}.pt"
 
 
-def load_features(cache_dir: Path, key: str, shape: tuple[int, ...]) -> Tensor | None:
-    """Stored features of that key and shape (memory-mapped on the CPU), or None."""
-    return load_tensor(feature_path(cache_dir, key), shape=shape)
+def load_features(cache_dir: Path, key: str, shape: tuple[int, ...], amp_dtype: torch.dtype | None = None) -> Tensor | None:
+    """Stored features of that key and shape (memory-mapped on the CPU), or None: also when their dtype
+    is neither fp32 nor the run's autocast dtype, or they hold a NaN or an infinity (then recomputed)."""
+    dtypes = (torch.float32,) + ((amp_dtype,) if amp_dtype is not None else ())
+    return load_tensor(feature_path(cache_dir, key), shape=shape, dtype=dtypes, finite=True)
 
 
 def save_features(cache_dir: Path, key: str, features: Tensor) -> bool:
@@ -121,7 +123,7 @@ def prefix_features(
     `share` ({length: key}): shorter prefixes whose outputs the same pass stores too, for other runs
     (a sweep's members: one pass over the data for every boundary they need).
     """
-    stored = load_features(cache_dir, key, (len(split), *shape))
+    stored = load_features(cache_dir, key, (len(split), *shape), loop.amp_dtype)
     if stored is not None:
         return Split(stored.to(loop.feeder.device), split.y), "disk"
     share = {k: v for k, v in (share or {}).items() if not feature_path(cache_dir, v).exists()}
