@@ -164,8 +164,14 @@ def live_sweep(sweep_id: str, live: bool) -> None:
     done = sum(m.status not in ACTIVE for m in report.members)
     st.subheader(f"{record.name}")
     st.progress(done / len(report.members), text=f"{done} of {len(report.members)} runs ended")
-    if not report.done:  # a callback: the cancel happens before the next run of this fragment
+    if not report.done and record.owner in ("", session_owner()):  # a callback: it cancels before the next rerun
         st.button("Stop the sweep", icon=":material/stop:", key="sweep_stop", on_click=stop_everywhere, args=(record,))
+    elif not report.done:  # someone else's sweep: a second, deliberate click, as for another user's run
+        with st.popover("Stop the sweep", icon=":material/stop:"):
+            st.markdown("This browser session did not start this sweep: it may be another user's. Stopping it "
+                        "cancels their runs that have not ended; what finished is kept.")
+            st.button("Stop this sweep", key="sweep_stop_other", type="primary", on_click=stop_everywhere,
+                      args=(record,))
     table = pd.DataFrame([{"strategy": m.strategy, "lr": m.lr, "seed": m.seed, "status": m.status, "where": m.where,
                            "epochs": m.epochs_done, "val acc": m.val_acc, "test acc": m.test_acc,
                            "trainable params": m.trainable_params, "training s": m.train_s, "run": m.run_id}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.config import RunConfig
+from core.config import RunConfig, SweepConfig
 from core.store import FINISHED, SweepStore
 from core.sweeps import sweep_state
 from tests.test_page_train import _isolated  # noqa: F401  (an autouse fixture: this test's runs and data)
@@ -85,3 +85,21 @@ def test_a_tiny_sweep_tunes_the_rate_runs_to_its_answer_and_the_answer_goes_into
     applied = at.session_state["draft"]
     member = next(m for m in report.members if m.strategy == rec["chosen"])
     assert applied.frozen == tuple(member.frozen) and applied.lr == rec["lr"]
+
+
+@pytest.mark.parametrize("owner, one_click", [("0123456789ab", True), ("someone-else", False)])
+def test_stopping_another_users_sweep_takes_a_second_click(folder, owner, one_click):
+    """The Train page's rule for another user's run, for sweeps too: one click stops only your own."""
+    store = get_manager().store
+    config = RunConfig(arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32), epochs=1)
+    run_ids = [store.create(config.replace(seed=seed), owner=owner) for seed in (0, 1)]  # queued, not yet trained
+    members = [{"label": "full", "strategy": "full", "preset": "full", "frozen": [], "lr": 0.01, "seed": seed,
+                "run_id": run_id} for seed, run_id in enumerate(run_ids)]
+    sweep_id = SweepStore(store).create(SweepConfig(base=config, kind="grid", presets=("full",), seeds=2), members,
+                                        name="a sweep", owner=owner)
+    at = page_with(config)
+    at.query_params["sweep"] = sweep_id
+    at.run()
+    assert not at.exception
+    keys = [b.key for b in at.button]
+    assert ("sweep_stop" in keys) == one_click and ("sweep_stop_other" in keys) == (not one_click)
