@@ -42,6 +42,7 @@ st.title("Train")
 tree, _ = model_structure(cfg.arch, cfg.num_classes)
 trainable, frozen = tree.counts(cfg.frozen)
 with st.container(border=True):
+    st.markdown("**Your draft**: what Start trains (a run below shows its own setup)")
     # Content-wide metrics that wrap to a second line: long names ("MobileNetV3-Large", a folder) are never cut.
     with st.container(horizontal=True, gap="large"):
         dataset = dataset_name(cfg.dataset)
@@ -147,7 +148,9 @@ def figure(name: str, version: tuple, build, max_age_s: float | None = None):
 def run_header(snap) -> None:
     """Name, status and Stop: what changes only with the run's status (a change reruns the page)."""
     st.subheader(f"Run: {snap.name}")
-    st.caption(f"id `{snap.id}` · {snap.status}")
+    run = snap.config
+    st.caption(f"id `{snap.id}` · {snap.status} · trained {arch_spec(run.arch).label} · {strategy_label(run)} · "
+               f"{dataset_name(run.dataset)} · {run.image_size[0]}×{run.image_size[1]} · {weights_note(run.weights)}")
     # A run this session did not start is someone's work (another user's, or this user's before a
     # reload): stopping it takes a second, deliberate click.
     if not snap.done and snap.owner in ("", session_owner()):

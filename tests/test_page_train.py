@@ -67,6 +67,12 @@ def test_start_a_run_and_see_it_finish(folder):
     # images/s has one meaning: the whole run's, as Compare's table has it (with thousands separators)
     assert shown["Images / s"] == f"{record.summary.images_per_s:,.0f}"
     assert compare.runs_table([record])["images/s"][0] == round(record.summary.images_per_s)
+    # the top card is the tab's draft, labelled so; the run shows its own setup (another draft here: full fine-tune)
+    at.session_state["draft"] = at.session_state["draft"].replace(preset="full", frozen=())
+    at.run()
+    assert any(m.value.startswith("**Your draft**: what Start trains") for m in at.markdown)
+    assert {m.label: m.value for m in at.metric}["Strategy"] == "Full fine-tune"
+    assert any(f"id `{run_id}` · finished · trained ResNet-18 · Head only · shapes" in c.value for c in at.caption)
     assert shown[f"Validation accuracy (epoch {kept} of 2)"] == f"{record.metrics['epochs'][kept - 1]['val_acc']:.1%}"
     assert any("Feature cache: on" in c.value for c in at.caption)
     # the charts' tabs: only the open one's charts are built and sent
