@@ -28,6 +28,7 @@ LIVE_EVERY_S = 1.0
 # viewer's headless Chromium about 7% of a core on a 2-core machine, and the progress bar shows the
 # steps every second anyway.
 LOSS_EVERY_S = 5.0
+LAST_SHOWN = "train_last_shown"  # the run this tab showed last, kept across pages as the draft is
 
 
 def weights_note(weights: str) -> str:
@@ -344,10 +345,12 @@ if recent:
     if run_id and run_id not in ids and manager.store.exists(run_id):
         ids.insert(0, run_id)
         recent.insert(0, manager.store.load(run_id))
-    if run_id not in ids:  # no run in the URL: this tab's newest run, else the newest of anyone
-        owner = session_owner()
-        run_id = next((r.id for r in recent if r.owner == owner), ids[0])
+    if run_id not in ids:  # no run in the URL (back from another page): the one this tab showed last,
+        owner = session_owner()  # else this tab's newest run, else the newest of anyone
+        last = st.session_state.get(LAST_SHOWN)
+        run_id = last if last in ids else next((r.id for r in recent if r.owner == owner), ids[0])
         st.query_params["run"] = run_id
+    st.session_state[LAST_SHOWN] = run_id  # not a widget's key: it outlives a visit to another page
     # The URL says which run is shown (a run just started, a link, a refresh) and the box follows it;
     # a choice in the box goes to the URL first. (A keyed selectbox keeps its old value otherwise,
     # which sent a tab that started a second run back to its first.)

@@ -279,3 +279,22 @@ def test_the_draft_and_the_owner_survive_a_refresh_of_the_tab(folder):
     stranger = AppTest.from_file(PAGE, default_timeout=60).run()  # another tab: a fresh draft and a new id
     assert stranger.session_state["draft"] == RunConfig() and stranger.session_state["owner"] != tab
     get_manager().wait(run_id, timeout=60)
+
+
+def test_the_run_a_tab_chose_to_show_stays_when_it_comes_back_from_another_page(folder):
+    """Navigation clears the URL's ?run=: the tab then shows the run it showed last, not the newest."""
+    store = get_manager().store
+    config = RunConfig(arch="resnet18", num_classes=3, dataset=str(folder), image_size=(32, 32))
+    older = store.create(config, name="older", owner="0123456789ab")
+    time.sleep(1.1)  # ids and listing order follow the creation second
+    newer = store.create(config, name="newer", owner="0123456789ab")
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["owner"] = "0123456789ab"
+    at.session_state["draft"] = config
+    at.run()
+    assert shown_run(at) == newer
+    at.selectbox(key="train_show").set_value(older).run()
+    assert shown_run(at) == older
+    del at.query_params["run"]  # what a visit to another page does to the URL
+    at.run()
+    assert shown_run(at) == older and at.selectbox(key="train_show").value == older
