@@ -24,6 +24,7 @@ from core.models import (
 )
 from ui import charts
 from ui.services import get_manager, imagenet_classifier, run_classifier
+from ui.session import forget_uploads, keep_runs, keep_uploads, kept_runs, kept_uploads
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 
@@ -36,12 +37,23 @@ st.caption("What does a fine-tuned model say about your picture? Each run uses t
 runs = finished_runs(manager.store)
 labels = dict(zip((r.id for r in runs), run_labels(runs)))
 wanted = st.query_params.get("run")
-default = [wanted] if wanted in labels else [r.id for r in runs[:1]]
+kept = [run_id for run_id in kept_runs() if run_id in labels]  # this tab's choice, back from another page
+default = [wanted] if wanted in labels else kept or [r.id for r in runs[:1]]
 
 files = st.file_uploader("Images (JPEG, PNG, WebP, BMP)", type=IMAGE_TYPES, accept_multiple_files=True,
                          key="classify_files")
+if files:
+    files = keep_uploads(files)
+elif files := kept_uploads():  # the uploader forgets its files when the tab visits another page
+    left, right = st.columns([4, 1], vertical_alignment="center")
+    left.caption(f"Showing the {len(files)} image(s) you uploaded before: {', '.join(f.name for f in files[:5])}"
+                 f"{' …' if len(files) > 5 else ''}. Upload others to replace them.")
+    if right.button("Clear them", key="classify_clear", icon=":material/close:"):
+        forget_uploads()
+        st.rerun()
 chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get, key="classify_runs",
                           placeholder="Pick finished runs" if runs else "No finished run yet: train one on the Train page")
+keep_runs(chosen)
 mid, right = st.columns([4, 1])
 use_imagenet = mid.toggle("Original ImageNet model", key="classify_imagenet",
                           help="The architecture with torchvision's ImageNet weights and its 1000 categories.")

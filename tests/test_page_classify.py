@@ -90,3 +90,24 @@ def test_no_runs_no_crash(tmp_path, monkeypatch):
     finally:
         get_manager().shutdown(wait=True, timeout=30)
         get_manager.clear()
+
+
+def test_uploads_and_runs_stay_when_the_tab_comes_back_from_another_page(at, shared):  # noqa: F811
+    """A visit to another page drops Classify's widget state (the uploader's files, the runs box); the
+    tab's own choices are kept as the draft is, and shown again."""
+    disc = sorted((shared["folder"] / "disc").iterdir())[0]
+    at.file_uploader(key="classify_files").set_value([("disc.png", png(disc), "image/png")])
+    at.multiselect(key="classify_runs").set_value([shared["full"]])
+    at.run()
+    before = drawn_probabilities(at)
+    assert set(before) == {(0, "full fine-tune")}
+    back = AppTest.from_file(PAGE, default_timeout=60)  # the page drawn again without its widgets' state
+    for key in ("classify_kept_uploads", "classify_kept_runs"):
+        back.session_state[key] = at.session_state[key]
+    back.run()
+    assert not back.exception
+    assert back.multiselect(key="classify_runs").value == [shared["full"]]  # not the newest run
+    assert any("Showing the 1 image(s) you uploaded before: disc.png" in c.value for c in back.caption)
+    assert drawn_probabilities(back) == before
+    back.button(key="classify_clear").click().run()
+    assert not drawn_probabilities(back) and not any("you uploaded before" in c.value for c in back.caption)

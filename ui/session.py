@@ -14,6 +14,7 @@ import hashlib
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -143,6 +144,49 @@ def forget_dataset_classes() -> None:
 def dataset_sizes(ref: str) -> tuple[int, int, int] | None:
     """(train, val, test) image counts of `ref` as the Data page found them, None when it has not checked it."""
     return st.session_state.get(_SIZES, {}).get(ref)
+
+
+# --- the Classify page's choices, kept across pages as the draft is ---------------------------------
+_UPLOADS = "classify_kept_uploads"
+_RUNS = "classify_kept_runs"
+MAX_KEPT_BYTES = 64 * 2**20  # uploads kept for the tab's return to Classify; larger sets are not kept
+
+
+@dataclass(frozen=True)
+class KeptUpload:
+    """An image this tab uploaded on Classify, kept when the uploader's own state goes (a visit to
+    another page): what the page reads of an upload (name, id, bytes)."""
+
+    name: str
+    file_id: str
+    data: bytes
+
+    def getvalue(self) -> bytes:
+        return self.data
+
+
+def keep_uploads(files) -> list[KeptUpload]:
+    """Remember the uploads (when together under `MAX_KEPT_BYTES`) and return them as kept."""
+    kept = [KeptUpload(f.name, f.file_id, f.getvalue()) for f in files]
+    if sum(len(k.data) for k in kept) <= MAX_KEPT_BYTES:
+        st.session_state[_UPLOADS] = kept
+    return kept
+
+
+def kept_uploads() -> list[KeptUpload]:
+    return st.session_state.get(_UPLOADS, [])
+
+
+def forget_uploads() -> None:
+    st.session_state.pop(_UPLOADS, None)
+
+
+def keep_runs(run_ids: list[str]) -> None:
+    st.session_state[_RUNS] = list(run_ids)
+
+
+def kept_runs() -> list[str]:
+    return st.session_state.get(_RUNS, [])
 
 
 # --- one message for the next page to show ----------------------------------------------------------
