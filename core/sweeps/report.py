@@ -10,7 +10,7 @@ from core.models import build_skeleton
 from core.store import ACTIVE, FINISHED, RunRecord
 from core.store.sweeps import SweepRecord
 from core.sweeps.answer import answer_sentence, what_trains
-from core.sweeps.stats import Result, Row, pareto_front, rate_rows, recommend, relative_to_full, summarize
+from core.sweeps.stats import Result, Row, best_rates, pareto_front, rate_rows, recommend, relative_to_full
 
 
 @dataclass(frozen=True)
@@ -89,16 +89,17 @@ def sweep_report(sweep: SweepRecord, runs: dict[str, RunRecord | None]) -> Sweep
     results = [Result(m.strategy, m.val_acc, m.trainable_params, m.train_s, m.seed, m.lr, m.test_acc) for m in members
                if m.status == FINISHED and m.val_acc is not None and m.train_s is not None]
     order = [m.strategy for m in members]
-    rows = summarize(results, order)
-    recommendation = recommend(rows) | answer_of(sweep, members, rows)
-    return SweepReport(sweep, members, rows, rate_rows(results, order), recommendation, pareto_front(rows),
-                       relative_to_full(results, order))
+    rates = rate_rows(results, order)
+    rows = best_rates(rates)
+    recommendation = recommend(rows)
+    recommendation |= answer_of(sweep, members, rows, recommendation["cheapest_within_error"])
+    return SweepReport(sweep, members, rows, rates, recommendation, pareto_front(rows), relative_to_full(results, order))
 
 
-def answer_of(sweep: SweepRecord, members: list[MemberState], rows: list[Row]) -> dict:
-    """The recommendation's chosen strategy (the cheapest within one standard error of the best, on
-    validation), its rate, its test accuracy, and the sentence; "so_far" while members are active."""
-    chosen = next((r for r in rows if r.label == recommend(rows)["cheapest_within_error"]), None)
+def answer_of(sweep: SweepRecord, members: list[MemberState], rows: list[Row], label: str | None) -> dict:
+    """The recommendation's chosen strategy `label` (the cheapest within one standard error of the best,
+    on validation), its rate, its test accuracy, and the sentence; "so_far" while members are active."""
+    chosen = next((r for r in rows if r.label == label), None)
     active = [m for m in members if m.status in ACTIVE]
     out = {"chosen": None, "lr": None, "test_acc": None, "test_sem_acc": None, "answer": None, "so_far": bool(active)}
     if chosen is None:

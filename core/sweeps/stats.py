@@ -76,19 +76,24 @@ def rate_rows(results: Sequence[Result], order: Sequence[str]) -> list[Row]:
     return rows
 
 
-def choose_rates(results: Sequence[Result], order: Sequence[str]) -> dict[str, float]:
-    """Each strategy's rate: the best mean validation accuracy over its seeds (the smaller rate on a tie)."""
+def best_rates(rows: Sequence[Row]) -> list[Row]:
+    """Of `rate_rows`, each strategy's row at its chosen rate: the best mean validation accuracy over
+    its seeds (the smaller rate on a tie), strategies in the rows' order."""
     best: dict[str, Row] = {}
-    for row in rate_rows(results, order):  # rates ascending: a tie keeps the smaller
+    for row in rows:  # rates ascending within a strategy: a tie keeps the smaller
         if row.label not in best or row.mean_acc > best[row.label].mean_acc:
             best[row.label] = row
-    return {label: row.lr for label, row in best.items()}
+    return list(best.values())
 
 
 def summarize(results: Sequence[Result], order: Sequence[str]) -> list[Row]:
     """One row per strategy that has finished members, in `order` (the plan's), at its chosen rate."""
-    rates = choose_rates(results, order)
-    return [row for row in rate_rows(results, order) if rates[row.label] == row.lr]
+    return best_rates(rate_rows(results, order))
+
+
+def choose_rates(results: Sequence[Result], order: Sequence[str]) -> dict[str, float]:
+    """Each strategy's chosen rate (see `best_rates`)."""
+    return {row.label: row.lr for row in summarize(results, order)}
 
 
 def at_chosen_rates(results: Sequence[Result], order: Sequence[str]) -> list[Result]:
