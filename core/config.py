@@ -180,9 +180,10 @@ class SweepConfig:
         for name, values in (("learning rate", self.lrs), ("strategy", self.presets), ("stage", self.stages)):
             if twice := _first_repeat(values):
                 problems.append(f"the {name} {twice!r} is listed twice: each trains once (a copy is not a seed)")
-        if not problems and len(self.lrs) * self.seeds * max(1, len(self.presets)) > MAX_SWEEP_MEMBERS:
-            problems.append(f"this sweep would train at least {len(self.lrs) * self.seeds * max(1, len(self.presets))} "
-                            f"runs; the limit is {MAX_SWEEP_MEMBERS}. Use fewer rates, seeds or strategies.")
+        at_least = len(self.lrs) * self.seeds * max(1, len(self.presets)) if not problems else 0
+        if at_least > MAX_SWEEP_MEMBERS:
+            problems.append(f"this sweep would train at least {at_least} runs; the limit is {MAX_SWEEP_MEMBERS}. "
+                            "Use fewer rates, seeds or strategies.")
         if self.kind == "grid" and not self.presets:
             problems.append("a grid sweep needs at least one preset (e.g. head, last2, full)")
         if not isinstance(self.with_auto_rgn, bool):

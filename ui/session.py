@@ -167,6 +167,8 @@ class KeptUpload:
 
 def keep_uploads(files) -> list[KeptUpload]:
     """Remember the uploads (when together under `MAX_KEPT_BYTES`) and return them as kept."""
+    if [k.file_id for k in kept_uploads()] == [f.file_id for f in files]:
+        return kept_uploads()  # the same uploads as on the last rerun: no second copy of their bytes
     kept = [KeptUpload(f.name, f.file_id, f.getvalue()) for f in files]
     if sum(len(k.data) for k in kept) <= MAX_KEPT_BYTES:
         st.session_state[_UPLOADS] = kept

@@ -14,7 +14,8 @@ def first_run_panel(manager: JobManager) -> None:
 
     Shown while the run store is empty; it goes away with the first run.
     """
-    if manager.store.list():
+    runs = manager.store.list()
+    if runs:
         return
     with st.container(border=True, key="welcome"):
         st.markdown("#### :material/waving_hand: Start here: transfer learning in three steps, offline")
@@ -28,7 +29,7 @@ def first_run_panel(manager: JobManager) -> None:
                 forget_dataset_classes()
                 st.switch_page("app_pages/data.py")
         with two:
-            st.markdown(f"**2. A backbone.** Pretrain ResNet-18 on the 6 source shapes ({backbone_time(manager)}).")
+            st.markdown(f"**2. A backbone.** Pretrain ResNet-18 on the 6 source shapes ({backbone_time(runs)}).")
             if st.button("Pretrain the demo backbone", key="welcome_pretrain", icon=":material/bolt:"):
                 pretrain_demo_backbone(manager)
                 st.switch_page("app_pages/train.py")

@@ -15,7 +15,6 @@ import torch
 from core.config import RunConfig
 from core.jobs.checks import check_runnable
 from core.jobs.execute import TrainFn, execute
-from core.jobs.monitor import RunMonitor
 from core.store import CANCELLED, QUEUED, RunStore
 
 
@@ -72,7 +71,7 @@ class InlineExecutor:
     def wait(self, run_id: str, timeout: float | None = None) -> str | None:
         """Train the run now if it is still queued (`timeout` does not apply: it runs here); its status."""
         if self.store.load(run_id).status == QUEUED:
-            execute(self.store, run_id, self.train_fn, self.device, RunMonitor(self.store, run_id))
+            execute(self.store, run_id, self.train_fn, self.device)
         return self.store.load(run_id).status
 
     def shutdown(self) -> None:
